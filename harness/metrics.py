@@ -1,8 +1,32 @@
-"""Behaviour metrics, transfer efficiency and R_V."""
+"""Behaviour metrics, transfer efficiency and R_V.
+
+Everything here is a pure function of text, numbers or one activation matrix. Text
+metrics split words on whitespace (``str.split()``), as the original protocol did.
+Torch is imported lazily, only when a tensor is passed to the matrix functions.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessValueError
+
+__all__ = [
+    "MARKERS",
+    "marker_score",
+    "marker_rate",
+    "echo_rate",
+    "distinct_2",
+    "participation_ratio",
+    "r_v",
+    "efficiency",
+    "efficiency_array",
+    "efficiency_original",
+]
 
 #: The original protocol's behaviour markers, matched as case-insensitive substrings.
 MARKERS: tuple[str, ...] = (
@@ -12,12 +36,43 @@ MARKERS: tuple[str, ...] = (
     "answer is",
 )
 
+#: Repetition bonus of the original score: added when the text has more than
+#: ``_BONUS_MIN_WORDS`` words and fewer than ``_BONUS_DISTINCT_SHARE`` of them are distinct.
+_BONUS = 5
+_BONUS_MIN_WORDS = 10
+_BONUS_DISTINCT_SHARE = 0.6
+
 # One pattern per marker for the word-bounded rate: a multi-word marker's space matches any
 # run of whitespace, so "fixed\npoint" still counts once.
 _MARKER_WORD_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
     re.compile(r"\b" + r"\s+".join(re.escape(part) for part in m.split()) + r"\b", re.IGNORECASE)
     for m in MARKERS
 )
+
+
+# --------------------------------------------------------------------------- text metrics
+
+
+def marker_score(text: str) -> int:
+    """The original protocol's behaviour score, reproduced exactly.
+
+    Counts the *distinct* markers that occur as case-insensitive substrings of ``text``
+    (each marker at most once, however often it occurs). Substring matching is the
+    original's, quirks included: "itself" counts both "itself" and "self", "herself"
+    counts "self", "returned" counts "return", "answerer" counts "answerer" only
+    ("answer is" needs the space).
+
+    Plus 5 when the text has more than 10 whitespace-split words and fewer than 60% of
+    them are distinct. Like the original (``len(set(words)) / len(words)`` on
+    ``text.split()``), the distinctness is on the raw words: case-sensitive, punctuation
+    attached ("Loop", "loop" and "loop." are three distinct words).
+    """
+    lowered = text.lower()
+    score = sum(1 for m in MARKERS if m in lowered)
+    words = text.split()
+    if len(words) > _BONUS_MIN_WORDS and len(set(words)) / len(words) < _BONUS_DISTINCT_SHARE:
+        score += _BONUS
+    return score
 
 
 def marker_rate(text: str) -> float:
@@ -33,3 +88,152 @@ def marker_rate(text: str) -> float:
         return 0.0
     hits = sum(len(p.findall(text)) for p in _MARKER_WORD_PATTERNS)
     return hits / n_words
+
+
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def echo_rate(text: str, champion_prompt: str) -> float:
+    """Share of the text's word 4-grams that also occur in the champion prompt.
+
+    Words are ``str.split()`` of the lowercased strings. Every 4-gram of the text counts
+    (with repetition) in the denominator; it is an echo when the same 4-gram appears
+    anywhere in the prompt. A high rate means the "transferred behaviour" is the model
+    copying the champion prompt, not producing it.
+
+    Returns NaN when the text has fewer than 4 words: there is no 4-gram to judge, and 0.0
+    would wrongly read as "no echo". Callers drop NaNs before averaging.
+    """
+    grams = _ngrams(text.lower().split(), 4)
+    if not grams:
+        return math.nan
+    prompt_grams = set(_ngrams(champion_prompt.lower().split(), 4))
+    return sum(g in prompt_grams for g in grams) / len(grams)
+
+
+def distinct_2(text: str) -> float:
+    """Distinct word bigrams / all word bigrams of ``text``.
+
+    Words are ``str.split()`` of the lowercased text, so "The cat" and "the cat" are the
+    same bigram (this metric measures repetition of content, not of capitalisation).
+    Returns NaN with fewer than 2 words (no bigram).
+    """
+    grams = _ngrams(text.lower().split(), 2)
+    if not grams:
+        return math.nan
+    return len(set(grams)) / len(grams)
+
+
+# --------------------------------------------------------------------------- R_V
+
+
+def _as_float64_matrix(matrix: Any, what: str) -> np.ndarray:
+    """Return ``matrix`` (numpy array or torch tensor, any dtype) as a 2-D float64 array."""
+    if hasattr(matrix, "detach"):  # a torch tensor; bf16 has no numpy dtype, so cast first
+        import torch
+
+        matrix = matrix.detach().to(device="cpu", dtype=torch.float64).numpy()
+    arr = np.asarray(matrix, dtype=np.float64)
+    if arr.ndim != 2:
+        raise HarnessValueError(
+            f"{what} must be a 2-D (positions x d) matrix, got shape {tuple(arr.shape)}. "
+            "For a batch of one, pass output[0]."
+        )
+    return arr
+
+
+def participation_ratio(matrix: Any) -> float:
+    """Participation ratio of the singular-value spectrum of a (positions x d) matrix.
+
+    PR = (sum s^2)^2 / sum s^4, computed in float64. A rank-k matrix with k equal
+    singular values has PR = k; PR lies in [1, min(positions, d)].
+
+    Returns NaN for an all-zero matrix (no spectrum, 0/0) and for a matrix holding a NaN
+    or infinite value (an overflowed activation has no meaningful spectrum). NaN rather
+    than an error because R_V is one value per pair: the statistics drop it, and a claim
+    left with no usable pair is judged invalid, with that reason.
+    """
+    arr = _as_float64_matrix(matrix, "matrix")
+    if arr.size == 0 or not np.isfinite(arr).all():
+        return math.nan
+    s2 = np.linalg.svd(arr, compute_uv=False) ** 2
+    denom = float(np.sum(s2**2))
+    if denom == 0.0:
+        return math.nan
+    return float(np.sum(s2)) ** 2 / denom
+
+
+def r_v(v_late: Any, v_early: Any, window: int = 16) -> float:
+    """R_V = PR(late) / PR(early) over the last ``window`` prompt positions.
+
+    ``v_late`` and ``v_early`` are the v_proj outputs of one prompt pass at the late and
+    the early layer, each of shape (T, d). Both keep their last ``window`` rows. The
+    original protocol used window 16 (layers 27 and 5 of a 32-layer model).
+
+    Raises HarnessValueError when a prompt has fewer than ``window`` positions: the
+    original silently computed nothing useful there, and a shorter window would change
+    the metric (PR is bounded by the number of positions). Returns NaN when either PR is
+    NaN (see :func:`participation_ratio`).
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise HarnessValueError(f"window must be a positive integer, got {window!r}.")
+    mats = []
+    for name, v in (("v_late", v_late), ("v_early", v_early)):
+        arr = _as_float64_matrix(v, name)
+        if arr.shape[0] < window:
+            raise HarnessValueError(
+                f"{name} has {arr.shape[0]} positions but the R_V window is {window}: "
+                f"use a prompt of at least {window} tokens, or pass window<={arr.shape[0]} "
+                "(and report it, since PR is bounded by the window)."
+            )
+        mats.append(arr[-window:])
+    late, early = (participation_ratio(m) for m in mats)
+    if math.isnan(late) or math.isnan(early):
+        return math.nan
+    return late / early
+
+
+# --------------------------------------------------------------------------- efficiency
+
+
+def _check_floor(floor: float) -> None:
+    # A floor of 0 (or less) would let a zero or negative gap through to the division.
+    if not floor > 0:
+        raise HarnessValueError(
+            f"the efficiency floor must be > 0, got {floor!r}; use a small positive gap, "
+            "e.g. 1e-6 for 'any positive gap'."
+        )
+
+
+def efficiency(arm: float, baseline: float, champion: float, floor: float) -> float:
+    """Transfer efficiency (arm - baseline) / (champion - baseline).
+
+    Returns NaN when the champion-baseline gap is below ``floor`` (or any input is NaN):
+    a near-zero or negative gap makes the ratio meaningless, and the original's "0 when
+    the denominator <= 0" would read as "no transfer". ``floor`` must be > 0.
+    """
+    _check_floor(floor)
+    gap = champion - baseline
+    if not gap >= floor:  # also catches NaN
+        return math.nan
+    return (arm - baseline) / gap
+
+
+def efficiency_array(arm: Any, baseline: Any, champion: Any, floor: float) -> np.ndarray:
+    """Element-wise :func:`efficiency` over broadcastable arrays; NaN where the gap < floor."""
+    _check_floor(floor)
+    a, b, c = (np.asarray(x, dtype=np.float64) for x in (arm, baseline, champion))
+    gap = c - b
+    ok = gap >= floor  # False for NaN gaps
+    out = np.full(np.broadcast(a, b, c).shape, np.nan)
+    np.divide(a - b, gap, out=out, where=ok)
+    return out
+
+
+def efficiency_original(arm: float, baseline: float, champion: float) -> float:
+    """The original protocol's efficiency: the same ratio, but 0.0 when the gap <= 0."""
+    gap = champion - baseline
+    if gap <= 0:
+        return 0.0
+    return (arm - baseline) / gap
