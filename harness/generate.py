@@ -1,0 +1,288 @@
+"""Run the arms of a pair: prefill, splice, persistent patches, seeded batched sampling.
+
+Every arm of a pair is sampled with the same seed list, one batch row per seed,
+so arm differences are not sampling noise. Sampling is done by
+:class:`SeededSampler`, a logits processor with one random generator per row:
+row i of a batched run equals a run with seed i alone.
+
+Two built-in protocols (see DESIGN.md):
+
+``original``
+    Reference arms (baseline, champion) are sampled from the prompt with top-k
+    50; intervention arms prefill the whole baseline, splice right-aligned,
+    register the patches *after* the prefill in the original mode, then re-feed
+    the baseline's last prompt token as the first decoding step and sample from
+    the full vocabulary.
+``corrected``
+    Every arm prefills the prompt without its last token (with prefill patches
+    installed), splices with re-rotated keys keeping BOS, and continues by
+    feeding the last prompt token once, at its own position; patches act in
+    prefill and in every decoding step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
+from harness.kv import cache_kwarg, prefill, resolve_layers, splice
+from harness.patches import PatchCount, PatchSpec, install, norm_matched_random, record, source_site
+from harness.sites import map_layer, parse_site
+
+__all__ = [
+    "Protocol",
+    "ORIGINAL",
+    "CORRECTED",
+    "PROTOCOLS",
+    "Intervention",
+    "ArmResult",
+    "SeededSampler",
+    "Runner",
+    "get_protocol",
+]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every choice that is not the intervention."""
+
+    name: str
+    align: str
+    refeed_last: bool
+    patch_mode: str
+    patch_phases: tuple[str, ...]
+    temperature: float = 0.8
+    top_k: int | None = None
+    reference_top_k: int | None = None
+    gen_tokens: int = 32
+    window: int = 16
+    decode_source: str = "last"
+    greedy: bool = False
+    stop_at_eos: bool = True
+
+    def with_(self, **changes: Any) -> Protocol:
+        return dataclasses.replace(self, **changes)
+
+
+ORIGINAL = Protocol(
+    "original", align="right", refeed_last=True, patch_mode="original",
+    patch_phases=("decode",), reference_top_k=50,
+)
+CORRECTED = Protocol(
+    "corrected", align="right-rerotated", refeed_last=False, patch_mode="corrected",
+    patch_phases=("prefill", "decode"),
+)
+PROTOCOLS = {p.name: p for p in (ORIGINAL, CORRECTED)}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise HarnessLookupError(
+            f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}."
+            + did_you_mean(name, PROTOCOLS)
+        )
+    return PROTOCOLS[name]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A KV splice (layers as written for a 32-layer model) and/or persistent patches.
+
+    ``source`` is ``"champion"`` or ``"random"`` (norm-matched random
+    activations in place of the champion's, a control).
+    """
+
+    name: str
+    kv_layers: str | tuple[int, ...] | None = None
+    patches: tuple[str, ...] = ()
+    source: str = "champion"
+
+    def __post_init__(self) -> None:
+        for text in self.patches:
+            parse_site(text)
+        if self.source not in ("champion", "random"):
+            raise HarnessValueError(f"intervention source {self.source!r}; expected 'champion' or 'random'")
+        if isinstance(self.kv_layers, str) and self.kv_layers != "all":
+            raise HarnessValueError(f"kv_layers {self.kv_layers!r}; expected 'all', a tuple of layers or None")
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One arm of one pair under one protocol: generated tokens per seed, patch counts."""
+
+    pair_id: str
+    arm: str
+    protocol: str
+    seeds: tuple[int, ...]
+    tokens: tuple[tuple[int, ...], ...]
+    texts: tuple[str, ...]
+    patch_counts: tuple[PatchCount, ...] = ()
+    kv_layers: tuple[int, ...] = ()
+    declared_phases: tuple[str, ...] = field(default=())
+
+
+class SeededSampler:
+    """A logits processor that samples row i with its own generator seeded by ``seeds[i]``.
+
+    Returns scores that are 0 at the sampled token and -inf elsewhere, so the
+    library's greedy search picks exactly the sampled token.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_k: int | None, device: Any) -> None:
+        if temperature <= 0:
+            raise HarnessValueError(f"temperature {temperature}; expected > 0 (use greedy for 0)")
+        self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_k = top_k
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1).cpu()
+        chosen = [int(torch.multinomial(probs[i], 1, generator=g)) for i, g in enumerate(self.generators)]
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(chosen)), torch.tensor(chosen, device=scores.device)] = 0.0
+        return out
+
+
+def _encode(tokenizer: Any, text: str, device: Any) -> torch.Tensor:
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    if tokenizer.bos_token_id is not None and ids[0, 0].item() != tokenizer.bos_token_id:
+        ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
+    return ids.to(device)
+
+
+class Runner:
+    """Runs arms for one subject; caches per-prompt champion data (never mutated)."""
+
+    def __init__(self, subject: Any) -> None:
+        self.subject = subject
+        self.model = subject.model
+        self.layout = subject.layout
+        self.tokenizer = subject.tokenizer
+        self.device = next(self.model.parameters()).device
+        self._ids: dict[str, torch.Tensor] = {}
+        self._caches: dict[str, Any] = {}
+        self._acts: dict[tuple[str, Any], torch.Tensor] = {}
+
+    # -- per-prompt data, computed once ---------------------------------------
+    def ids(self, text: str) -> torch.Tensor:
+        if text not in self._ids:
+            self._ids[text] = _encode(self.tokenizer, text, self.device)
+        return self._ids[text]
+
+    def cache(self, text: str) -> Any:
+        if text not in self._caches:
+            with torch.no_grad():
+                self._caches[text] = prefill(self.model, self.ids(text))[1]
+        return self._caches[text]
+
+    def activation(self, text: str, site: Any) -> torch.Tensor:
+        key = (text, site)
+        if key not in self._acts:
+            self._acts.update({(text, s): a for s, a in record(self.model, self.layout, self.ids(text), [site]).items()})
+        return self._acts[key]
+
+    # -- arms -----------------------------------------------------------------
+    def run(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: Sequence[int]) -> ArmResult:
+        """Generate ``protocol.gen_tokens`` tokens for every seed in one batch."""
+        seeds = tuple(int(s) for s in seeds)
+        if not seeds:
+            raise HarnessValueError("no seeds given; pass at least one seed")
+        if arm in ("baseline", "champion"):
+            text = pair.baseline if arm == "baseline" else pair.champion
+            return self._reference(pair, arm, text, protocol, seeds)
+        if not isinstance(arm, Intervention):
+            raise HarnessLookupError(f"unknown arm {arm!r}; expected 'baseline', 'champion' or an Intervention")
+        return self._intervention(pair, arm, protocol, seeds)
+
+    def _sample(self, input_ids: torch.Tensor, cache: Any, protocol: Protocol, seeds: tuple[int, ...], top_k: int | None) -> list[list[int]]:
+        n = len(seeds)
+        batch = input_ids.expand(n, -1)
+        kwargs: dict[str, Any] = {
+            "input_ids": batch,
+            "attention_mask": torch.ones_like(batch),
+            "max_new_tokens": protocol.gen_tokens,
+            "min_new_tokens": 0 if protocol.stop_at_eos else protocol.gen_tokens,
+            "do_sample": False,
+            "num_beams": 1,
+            "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id if protocol.stop_at_eos else None,
+        }
+        if cache is not None:
+            kwargs[cache_kwarg(self.model)] = cache.to_cache(batch=n)
+        if not protocol.greedy:
+            kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k, self.device)]
+        with torch.no_grad():
+            out = self.model.generate(**kwargs)
+        rows = out[:, input_ids.shape[1]:].tolist()
+        eos = self.tokenizer.eos_token_id
+        if protocol.stop_at_eos and eos is not None:
+            rows = [r[: r.index(eos) + 1] if eos in r else r for r in rows]
+        return rows
+
+    def _result(self, pair: Any, arm: str, protocol: Protocol, seeds: tuple[int, ...], rows: list[list[int]], **extra: Any) -> ArmResult:
+        texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
+        return ArmResult(pair.id, arm, protocol.name, seeds, tuple(tuple(r) for r in rows), texts, **extra)
+
+    def _reference(self, pair: Any, arm: str, text: str, protocol: Protocol, seeds: tuple[int, ...]) -> ArmResult:
+        ids = self.ids(text)
+        if protocol.refeed_last:
+            rows = self._sample(ids, None, protocol, seeds, protocol.reference_top_k)
+        else:
+            with torch.no_grad():
+                _, snap = prefill(self.model, ids[:, :-1])
+            rows = self._sample(ids, snap, protocol, seeds, protocol.reference_top_k)
+        return self._result(pair, arm, protocol, seeds, rows)
+
+    def _sources(self, pair: Any, specs: list[PatchSpec], intervention: Intervention) -> dict[PatchSpec, torch.Tensor]:
+        sources = {}
+        for i, spec in enumerate(specs):
+            act = self.activation(pair.champion, source_site(spec))
+            if intervention.source == "random":
+                act = norm_matched_random(act, seed=1000 + i)
+            sources[spec] = act
+        return sources
+
+    def _intervention(self, pair: Any, iv: Intervention, protocol: Protocol, seeds: tuple[int, ...]) -> ArmResult:
+        n_layers = self.layout.n_layers
+        specs = [
+            PatchSpec(parse_site(p), phases=protocol.patch_phases, window=protocol.window,
+                      decode_source=protocol.decode_source, mode=protocol.patch_mode)
+            for p in iv.patches
+        ]
+        sources = self._sources(pair, specs, iv)
+        kv_layers: tuple[int, ...] = ()
+        if iv.kv_layers is not None:
+            layers = "all" if iv.kv_layers == "all" else [map_layer(l, n_layers) for l in iv.kv_layers]
+            kv_layers = resolve_layers(layers, n_layers)
+        ids_b = self.ids(pair.baseline)
+        champion_cache = self.cache(pair.champion)
+        rotary = self.layout.rotary_emb
+
+        def spliced(target: Any) -> Any:
+            if not kv_layers:
+                return target
+            return splice(target, champion_cache, kv_layers, protocol.align, rotary_emb=rotary)
+
+        if protocol.refeed_last:
+            # The original: prefill, splice, hooks registered only afterwards, re-feed last token.
+            snap = spliced(self.cache(pair.baseline))
+            input_ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
+            with install(self.model, self.layout, specs, sources, prompt_len=ids_b.shape[1]) as handles:
+                rows = self._sample(input_ids, snap, protocol, seeds, protocol.top_k)
+        else:
+            with install(self.model, self.layout, specs, sources, prompt_len=ids_b.shape[1]) as handles:
+                with torch.no_grad():
+                    _, snap = prefill(self.model, ids_b[:, :-1])
+                rows = self._sample(ids_b, spliced(snap), protocol, seeds, protocol.top_k)
+        counts = tuple(c for h in handles for c in h.counts)
+        return self._result(pair, iv.name, protocol, seeds, rows, patch_counts=counts,
+                            kv_layers=kv_layers, declared_phases=protocol.patch_phases if specs else ())

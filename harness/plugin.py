@@ -1,0 +1,158 @@
+"""The harness's pytest plugin: options, one session object, fixtures, hooks.
+
+Importing this module loads neither torch nor transformers: the model loads on
+first use of the ``subject`` fixture, once per worker process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.errors import HarnessError
+
+PROFILES = {
+    # name: (pairs, seeds, gen_tokens)
+    "quick": (6, 6, 24),
+    "full": (None, 16, 200),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "claims harness (model under study, sampling, reports)")
+    group.addoption("--model", default=None, metavar="PATH_OR_ID",
+                    help="model folder or hub id to study (default: the embedded toy model)")
+    group.addoption("--device", default="cpu", metavar="DEVICE",
+                    help="cpu, cuda, cuda:N, mps, or auto for device_map=auto (default: cpu)")
+    group.addoption("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="weights dtype (default: float32)")
+    group.addoption("--prompts", default=None, metavar="FILE",
+                    help="JSONL file of pairs, one {\"baseline\", \"champion\", \"id\"?} per line "
+                         "(default: the bundled toy bank)")
+    group.addoption("--profile", default="quick", choices=tuple(PROFILES),
+                    help="quick: few pairs, seeds and tokens; full: every pair, 16 seeds, the "
+                         "original's 200 tokens (default: quick)")
+    group.addoption("--pairs", type=int, default=None, metavar="N",
+                    help="use the first N pairs of the bank (default: from --profile)")
+    group.addoption("--seeds", type=int, default=None, metavar="N",
+                    help="samples per arm and pair, seeds 0..N-1, paired across arms "
+                         "(default: from --profile)")
+    group.addoption("--gen-tokens", type=int, default=None, metavar="N",
+                    help="tokens generated per sample (default: from --profile)")
+    group.addoption("--report-dir", default=None, metavar="DIR",
+                    help="where the run's report is written (default: reports/<run-id>)")
+    group.addoption("--allow-pickle", action="store_true", default=False,
+                    help="allow pickle checkpoints (*.bin); loading pickle runs code from the file")
+    group.addoption("--trust-remote-code", action="store_true", default=False,
+                    help="allow the model's own Python code from the hub to run")
+
+
+def _positive(config: pytest.Config, name: str) -> int | None:
+    value = config.getoption(name)
+    if value is not None and value < 1:
+        raise pytest.UsageError(f"--{name.replace('_', '-')} {value}: expected a positive integer")
+    return value
+
+
+class HarnessSession:
+    """Everything the plugin shares across one pytest process: options, the subject."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from harness.model import check_device
+
+        self.config = config
+        try:
+            check_device(config.getoption("device"))
+        except HarnessError as exc:
+            raise pytest.UsageError(str(exc)) from exc
+        pairs, seeds, tokens = PROFILES[config.getoption("profile")]
+        self.n_pairs = _positive(config, "pairs") or pairs
+        self.n_seeds = _positive(config, "seeds") or seeds
+        self.gen_tokens = _positive(config, "gen_tokens") or tokens
+        prompts = config.getoption("prompts")
+        self.prompts_file = Path(prompts) if prompts else None
+        if self.prompts_file is not None and not self.prompts_file.is_file():
+            raise pytest.UsageError(f"--prompts {prompts!r}: no such file")
+        self._subject: Any = None
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.n_seeds))
+
+    def subject(self) -> Any:
+        if self._subject is None:
+            from harness.model import load_subject
+
+            opt = self.config.getoption
+            self._subject = load_subject(
+                opt("model"), device=opt("device"), dtype=opt("dtype"),
+                allow_pickle=opt("allow_pickle"), trust_remote_code=opt("trust_remote_code"),
+            )
+        return self._subject
+
+    def pairs(self) -> list[Any]:
+        from harness.prompts import default_pairs, load_pairs
+
+        pairs = load_pairs(self.prompts_file) if self.prompts_file else default_pairs()
+        return pairs[: self.n_pairs] if self.n_pairs else pairs
+
+
+_SESSION = pytest.StashKey[HarnessSession]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SESSION] = HarnessSession(config)
+
+
+def harness_session(config: pytest.Config) -> HarnessSession:
+    return config.stash[_SESSION]
+
+
+# -- fixtures ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def subject(pytestconfig: pytest.Config) -> Any:
+    """The model under study, loaded once per worker process."""
+    try:
+        return harness_session(pytestconfig).subject()
+    except HarnessError as exc:
+        pytest.exit(f"cannot load the model: {exc}", returncode=4)
+
+
+@pytest.fixture(scope="session")
+def pairs(pytestconfig: pytest.Config) -> list[Any]:
+    """The (baseline, champion) pairs of this run."""
+    try:
+        return harness_session(pytestconfig).pairs()
+    except HarnessError as exc:
+        pytest.exit(f"cannot read the prompts: {exc}", returncode=4)
+
+
+def _hooks_on(model: Any) -> list[str]:
+    left = []
+    for name, module in model.named_modules():
+        for kind in ("_forward_hooks", "_forward_pre_hooks"):
+            hooks = getattr(module, kind, None)
+            if hooks:
+                left.append(f"{name or '<root>'}.{kind[1:-1]} x{len(hooks)}")
+                hooks.clear()
+                getattr(module, f"{kind}_with_kwargs", {}).clear()
+    return left
+
+
+@pytest.fixture(autouse=True)
+def _no_hook_left_on_subject(request: pytest.FixtureRequest) -> Any:
+    """Fail a test that leaves a forward hook or pre-hook on the subject's model."""
+    yield
+    if "subject" not in request.fixturenames:
+        return
+    left = _hooks_on(request.getfixturevalue("subject").model)
+    if left:
+        pytest.fail(f"test left hooks on the model (removed now): {', '.join(left)}", pytrace=False)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
