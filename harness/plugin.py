@@ -6,7 +6,10 @@ first use of the ``subject`` fixture, once per worker process.
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="tokens generated per sample (default: from --profile)")
     group.addoption("--report-dir", default=None, metavar="DIR",
                     help="where the run's report is written (default: reports/<run-id>)")
+    group.addoption("--ledger", default=None, metavar="FILE",
+                    help="known verdicts to compare with (default: claims/ledger.toml under the rootdir)")
     group.addoption("--allow-pickle", action="store_true", default=False,
                     help="allow pickle checkpoints (*.bin); loading pickle runs code from the file")
     group.addoption("--trust-remote-code", action="store_true", default=False,
@@ -77,6 +82,10 @@ class HarnessSession:
         if self.prompts_file is not None and not self.prompts_file.is_file():
             raise pytest.UsageError(f"--prompts {prompts!r}: no such file")
         self._subject: Any = None
+        self._arms: Any = None
+        self._ledger: Any = None
+        self.writer: Any = None
+        self.run_id = time.strftime("%Y%m%d-%H%M%S")
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -93,6 +102,69 @@ class HarnessSession:
             )
         return self._subject
 
+    def arm_cache(self) -> Any:
+        if self._arms is None:
+            from harness.claims import ArmCache
+            from harness.generate import Runner
+
+            self._arms = ArmCache(Runner(self.subject()))
+        return self._arms
+
+    def ledger(self) -> Any:
+        if self._ledger is None:
+            from harness.ledger import Ledger
+
+            path = self.config.getoption("ledger") or self.config.rootpath / "claims" / "ledger.toml"
+            self._ledger = Ledger.load(path)
+        return self._ledger
+
+    def protocol(self, name: str) -> Any:
+        from harness.generate import get_protocol
+
+        return get_protocol(name).with_(gen_tokens=self.gen_tokens)
+
+    def report_dir(self) -> Path:
+        given = self.config.getoption("report_dir")
+        return Path(given) if given else self.config.rootpath / "reports" / self.run_id
+
+    def provenance(self) -> dict[str, Any]:
+        opt = self.config.getoption
+        return {"run_id": self.run_id, "model": opt("model") or "toy", "device": opt("device"),
+                "dtype": opt("dtype"), "pairs": self.n_pairs, "seeds": list(self.seeds),
+                "gen_tokens": self.gen_tokens, "prompts": str(self.prompts_file or "bundled toy bank"),
+                "command": " ".join(["pytest", *self.config.invocation_params.args])}
+
+    # -- hooks: the session object is registered as a plugin -----------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Collect claim rows where the run's files are written (the controller under xdist)."""
+        if report.when != "call" or _is_worker(self.config):
+            return
+        payloads = [json.loads(v) for k, v in report.user_properties if k == "harness"]
+        if payloads and self.writer is None:
+            from harness.report import RunWriter
+
+            self.writer = RunWriter(self.report_dir(), self.provenance())
+        for payload in payloads:
+            self.writer.add(payload["claim"], payload["rows"])
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.writer is not None and not _is_worker(self.config):
+            interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+            self.writer.close(complete=not interrupted and not session.shouldstop)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.writer is None or not self.writer.claims:
+            return
+        from tabulate import tabulate
+
+        cols = ("claim", "protocol", "efficiency", "ci_low", "ci_high", "verdict", "expected", "outcome")
+        rows = [[r.get(c) for c in cols]
+                for r in sorted(self.writer.claims, key=lambda r: (r["claim"], r["protocol"]))]
+        terminalreporter.section("claims")
+        terminalreporter.write_line(tabulate(rows, headers=cols, floatfmt=".3f", missingval="nan"))
+        terminalreporter.write_line(f"report: {self.writer.directory}")
+
     def pairs(self) -> list[Any]:
         from harness.prompts import default_pairs, load_pairs
 
@@ -103,8 +175,14 @@ class HarnessSession:
 _SESSION = pytest.StashKey[HarnessSession]()
 
 
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_SESSION] = HarnessSession(config)
+    session = HarnessSession(config)
+    config.stash[_SESSION] = session
+    config.pluginmanager.register(session, "harness-session")
 
 
 def harness_session(config: pytest.Config) -> HarnessSession:
@@ -130,6 +208,36 @@ def pairs(pytestconfig: pytest.Config) -> list[Any]:
         return harness_session(pytestconfig).pairs()
     except HarnessError as exc:
         pytest.exit(f"cannot read the prompts: {exc}", returncode=4)
+
+
+@pytest.fixture
+def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject: Any,
+           pairs: list[Any]) -> Callable[[Any, str], Any]:
+    """Evaluate a claim under a protocol, record it, and pass, xfail or fail by the ledger.
+
+    An exception inside the evaluation is an error of the test, never an expected failure.
+    """
+    from harness.claims import evaluate
+    from harness.ledger import judge
+    from harness.report import sample_rows
+
+    session = harness_session(pytestconfig)
+
+    def _verify(claim: Any, protocol: str) -> Any:
+        result = evaluate(claim, session.arm_cache(), pairs, session.protocol(protocol), session.seeds)
+        entry = session.ledger().lookup(subject.identity, claim.id, protocol)
+        outcome = judge(result.verdict, entry)
+        row = dict(result.row(), model=subject.identity, outcome=outcome.kind,
+                   expected=entry.verdict if entry else "supported")
+        samples = sample_rows(result.arm_results, {p.id: p for p in pairs})
+        request.node.user_properties.append(("harness", json.dumps({"claim": row, "rows": samples})))
+        if outcome.kind == "xfail":
+            pytest.xfail(f"{claim.id}[{protocol}]: {outcome.message}")
+        if outcome.kind == "fail":
+            pytest.fail(f"{claim.id}[{protocol}]: {outcome.message}. Why: {result.reason}", pytrace=False)
+        return result
+
+    return _verify
 
 
 def _hooks_on(model: Any) -> list[str]:

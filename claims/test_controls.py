@@ -1,0 +1,30 @@
+"""Controls a careful reader asks for: the same patch at the wrong layer, and a random source.
+
+If layer 27 is special, the layer-5 patch should add less; if the champion's activations
+matter, norm-matched random activations at layer 27 should add less.
+"""
+
+import pytest
+
+from harness.arms import L27_V, RANDOM_SOURCE_V, WRONG_LAYER_V
+from harness.claims import SEED_FILE, Claim, Source
+
+CONTROLS = [
+    Claim(id="l27-beats-wrong-layer",
+          statement="Patching V_PROJ at layer 27 transfers more than the same patch at layer 5.",
+          source=Source(SEED_FILE, "L27 V_PROJ: The critical layer where contraction occurs"),
+          kind="contrast", arm=L27_V, versus=WRONG_LAYER_V, threshold=0.0, direction="above",
+          must_differ_from=WRONG_LAYER_V),
+    Claim(id="l27-beats-random-source",
+          statement="The champion's layer-27 V activations transfer more than norm-matched random "
+                    "activations at the same site.",
+          source=Source(SEED_FILE, "Persistent geometric signature (V_PROJ at L27)"),
+          kind="contrast", arm=L27_V, versus=RANDOM_SOURCE_V, threshold=0.0, direction="above",
+          must_differ_from=RANDOM_SOURCE_V),
+]
+
+
+@pytest.mark.parametrize("protocol", ["original", "corrected"])
+@pytest.mark.parametrize("claim", CONTROLS, ids=lambda c: c.id)
+def test_control(verify, claim, protocol):
+    verify(claim, protocol)
