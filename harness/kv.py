@@ -1,0 +1,316 @@
+"""Version-agnostic KV-cache access, immutable snapshots, and the splice.
+
+This is the one module that knows the transformers cache API. It differs between
+4.x (forward argument ``past_key_values=``, output ``outputs.past_key_values``)
+and 5.x (``cache=`` / ``outputs.cache``; no legacy tuple conversion). Everything
+else in the harness works with :class:`KVSnapshot`, an immutable per-layer copy
+of a cache, and turns it back into a fresh cache with :meth:`KVSnapshot.to_cache`
+for each forward pass, so a pass that extends the cache never changes a snapshot.
+
+Tensor shapes: keys and values per layer are ``(batch, n_kv_heads, seq, head_dim)``;
+keys are stored *after* the rotary embedding, i.e. already rotated to their position.
+Splices assume unpadded rows (or rows padded identically in target and source).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
+
+__all__ = [
+    "ALIGNMENTS",
+    "KVSnapshot",
+    "cache_kwarg",
+    "output_cache",
+    "cache_from_kwargs",
+    "snapshot",
+    "prefill",
+    "resolve_layers",
+    "splice",
+    "rerotate_keys",
+]
+
+ALIGNMENTS: tuple[str, ...] = ("right", "left", "right-rerotated")
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_for(forward: Any) -> str:
+    params = inspect.signature(forward).parameters
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    import transformers  # forward(**kwargs) wrappers: fall back on the library version
+
+    return "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name of the forward argument that takes a cache: "cache" or "past_key_values"."""
+    return _cache_kwarg_for(type(model).forward)
+
+
+def output_cache(outputs: Any) -> Any:
+    """The cache object of a model output (``.cache`` in 5.x, ``.past_key_values`` in 4.x)."""
+    for name in ("cache", "past_key_values"):
+        value = getattr(outputs, name, None)
+        if value is not None:
+            return value
+    raise HarnessValueError("model output carries no cache; call the model with use_cache=True")
+
+
+def cache_from_kwargs(kwargs: dict[str, Any]) -> Any:
+    """The cache passed to a forward call (e.g. seen by a pre-hook with kwargs), or None."""
+    for name in ("cache", "past_key_values"):
+        value = kwargs.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class KVSnapshot:
+    """An immutable copy of a KV cache.
+
+    ``keys[i]`` and ``values[i]`` are layer i's tensors, shape
+    ``(batch, n_kv_heads, seq, head_dim)``. Nothing in the harness writes into
+    them: every consumer gets clones (see :meth:`to_cache`, :func:`splice`).
+    """
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.values) or not self.keys:
+            raise HarnessValueError(
+                f"a snapshot needs the same non-zero number of key and value layers, "
+                f"got {len(self.keys)} and {len(self.values)}"
+            )
+        shape = tuple(self.keys[0].shape)
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            if k.dim() != 4 or tuple(k.shape[:3]) != shape[:3] or tuple(v.shape[:3]) != shape[:3]:
+                raise HarnessValueError(
+                    f"layer {i}: key {tuple(k.shape)} / value {tuple(v.shape)} do not match "
+                    f"layer 0's (batch, n_kv_heads, seq, head_dim) = {shape}; sliding-window "
+                    "or otherwise ragged caches are not supported"
+                )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.keys)
+
+    @property
+    def batch(self) -> int:
+        return int(self.keys[0].shape[0])
+
+    @property
+    def n_kv_heads(self) -> int:
+        return int(self.keys[0].shape[1])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.keys[0].shape[2])
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.keys[0].shape[3])
+
+    def to_cache(self, batch: int | None = None) -> DynamicCache:
+        """A fresh DynamicCache holding clones of this snapshot.
+
+        With ``batch`` given and a batch-1 snapshot, rows are repeated to ``batch``.
+        The cache's layers are plain (full-attention) dynamic layers.
+        """
+        if batch is not None and batch != self.batch:
+            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+                raise HarnessValueError(f"batch must be a positive integer, got {batch!r}")
+            if self.batch != 1:
+                raise HarnessValueError(
+                    f"cannot expand a snapshot of batch {self.batch} to batch {batch}; "
+                    "only batch-1 snapshots are repeated"
+                )
+        rows = batch or self.batch
+
+        def fresh(t: torch.Tensor) -> torch.Tensor:
+            # expand() is a view; clone() makes contiguous storage the cache may own.
+            return t.expand(rows, *t.shape[1:]).clone()
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            cache.update(fresh(k), fresh(v), i)
+        return cache
+
+
+def snapshot(cache: Any) -> KVSnapshot:
+    """Clone a DynamicCache (either library version) or a legacy tuple into a snapshot."""
+    if isinstance(cache, KVSnapshot):
+        return cache
+    if isinstance(cache, (tuple, list)):
+        pairs = [(layer[0], layer[1]) for layer in cache]
+    else:
+        layers = getattr(cache, "layers", None)
+        if layers is None:
+            raise HarnessValueError(f"unsupported cache type {type(cache).__name__}")
+        pairs = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in layers]
+    for i, (k, v) in enumerate(pairs):
+        if not isinstance(k, torch.Tensor) or not isinstance(v, torch.Tensor):
+            raise HarnessValueError(f"cache layer {i} is empty (no keys/values yet)")
+    return KVSnapshot(
+        keys=tuple(k.detach().clone() for k, _ in pairs),
+        values=tuple(v.detach().clone() for _, v in pairs),
+    )
+
+
+def prefill(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, KVSnapshot]:
+    """One forward pass over a prompt.
+
+    ``input_ids``: (batch, seq). Returns logits ``(batch, seq, vocab)`` and the
+    snapshot of the cache it built. No gradients are recorded.
+    """
+    with torch.no_grad():
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+    return outputs.logits, snapshot(output_cache(outputs))
+
+
+def resolve_layers(layers: Any, n_layers: int) -> tuple[int, ...]:
+    """Normalize a layer set: "all", a range, or ints (already mapped indices).
+
+    Returns the sorted, de-duplicated indices. Raises HarnessValueError for an
+    index outside ``0 .. n_layers - 1`` or a malformed value.
+    """
+    if isinstance(layers, str):
+        if layers == "all":
+            return tuple(range(n_layers))
+        raise HarnessValueError(f"layers must be 'all', a range or a list of ints, got {layers!r}")
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = (layers,)
+    if not isinstance(layers, (range, Sequence, set, frozenset)):
+        raise HarnessValueError(f"layers must be 'all', a range or a list of ints, got {layers!r}")
+    out = set()
+    for layer in layers:
+        if isinstance(layer, bool) or not hasattr(layer, "__index__"):
+            raise HarnessValueError(f"layer {layer!r} is not an integer")
+        index = int(layer.__index__())
+        if not 0 <= index < n_layers:
+            raise HarnessValueError(
+                f"layer {index} is out of range: valid layers are 0..{n_layers - 1}"
+            )
+        out.add(index)
+    return tuple(sorted(out))
+
+
+def _shift_rotation(
+    rotary_emb: Any, shift: int, head_dim: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin (head_dim,) of a rotation by ``shift`` positions, from the model's rotary_emb.
+
+    The rotary module may scale cos/sin by an attention factor (YaRN and the like);
+    position 0 gives cos = factor, sin = 0, so dividing by it leaves a pure rotation.
+    """
+    inv_freq = getattr(rotary_emb, "inv_freq", None)
+    rope_device = inv_freq.device if isinstance(inv_freq, torch.Tensor) else device
+    probe = torch.zeros(1, dtype=torch.float32, device=rope_device)
+    positions = torch.tensor([[shift, 0]], dtype=torch.long, device=rope_device)
+    with torch.no_grad():
+        cos, sin = rotary_emb(probe, positions)
+    if cos.shape[-1] != head_dim:
+        raise HarnessValueError(
+            f"rotary embedding covers {cos.shape[-1]} of {head_dim} head dims; partial "
+            "rotary embeddings are not supported by 'right-rerotated'"
+        )
+    scale = cos[0, 1].float()
+    return (cos[0, 0].float() / scale).to(device), (sin[0, 0].float() / scale).to(device)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    # The Llama-family convention: dims (i, i + d/2) form one rotation pair.
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rerotate_keys(keys: torch.Tensor, shift: int, rotary_emb: Any) -> torch.Tensor:
+    """Move rotated keys (batch, heads, seq, head_dim) by ``shift`` positions.
+
+    A key cached at position p is R(p) k; RoPE rotations compose, so
+    R(shift) R(p) k = R(p + shift) k. Computed in float32, returned in keys' dtype.
+    """
+    if shift == 0:
+        return keys.clone()
+    cos, sin = _shift_rotation(rotary_emb, shift, keys.shape[-1], keys.device)
+    k32 = keys.float()
+    return (k32 * cos + _rotate_half(k32) * sin).to(keys.dtype)
+
+
+def splice(
+    target: KVSnapshot,
+    source: KVSnapshot,
+    layers: Any,
+    align: str,
+    *,
+    rotary_emb: Any = None,
+) -> KVSnapshot:
+    """Write the source's KV into the target's, for the given layers; return a fresh snapshot.
+
+    The result has the target's length ``len_t``; layers outside ``layers`` (see
+    :func:`resolve_layers`) are the target's, and neither input is modified.
+    Alignments, with ``len_s`` the source's length:
+
+    - ``"right"`` (the original protocol's): ``n = min(len_t, len_s)``; the
+      source's last n positions overwrite the target's last n slots. Neither BOS
+      nor RoPE positions are handled: keys keep the rotation of their source
+      positions, and when the source is longer, every target slot including BOS
+      is overwritten.
+    - ``"left"``: position-consistent for the overlapping prefix: the first
+      ``n = min(len_t, len_s)`` slots come from the source (same positions, the
+      source's BOS). When the target is longer, its slots n.. stay the target's.
+    - ``"right-rerotated"``: right-aligned over the non-BOS slots:
+      ``n = min(len_t, len_s) - 1``; the source's last n positions go to the
+      target's last n slots, keys re-rotated from their source positions to the
+      new ones with the model's own rotary embedding (a rotation by
+      ``len_t - len_s``), values copied; the target's BOS (slot 0) is kept.
+      Needs ``rotary_emb`` (``model.model.rotary_emb``).
+    """
+    if align not in ALIGNMENTS:
+        raise HarnessLookupError(
+            f"unknown alignment {align!r}; expected one of {', '.join(ALIGNMENTS)}."
+            + did_you_mean(str(align), ALIGNMENTS)
+        )
+    if align == "right-rerotated" and rotary_emb is None:
+        raise HarnessValueError(
+            "alignment 'right-rerotated' needs the model's rotary embedding: "
+            "pass rotary_emb=model.model.rotary_emb (LlamaLayout.rotary_emb)"
+        )
+    for name in ("n_layers", "batch", "n_kv_heads", "head_dim"):
+        t, s = getattr(target, name), getattr(source, name)
+        if t != s:
+            raise HarnessValueError(f"cannot splice: target has {name}={t}, source has {name}={s}")
+    chosen = set(resolve_layers(layers, target.n_layers))
+    len_t, len_s = target.seq_len, source.seq_len
+    n = min(len_t, len_s) - (1 if align == "right-rerotated" else 0)
+    keys, values = [], []
+    for i in range(target.n_layers):
+        k, v = target.keys[i].clone(), target.values[i].clone()
+        if i in chosen and n > 0:
+            sk, sv = source.keys[i], source.values[i]
+            if align == "left":
+                k[:, :, :n] = sk[:, :, :n].to(k.device, k.dtype)
+                v[:, :, :n] = sv[:, :, :n].to(v.device, v.dtype)
+            else:
+                if align == "right-rerotated":
+                    sk = rerotate_keys(sk[:, :, len_s - n :], len_t - len_s, rotary_emb)
+                k[:, :, len_t - n :] = sk[:, :, -n:].to(k.device, k.dtype)
+                v[:, :, len_t - n :] = sv[:, :, len_s - n :].to(v.device, v.dtype)
+        keys.append(k)
+        values.append(v)
+    return KVSnapshot(keys=tuple(keys), values=tuple(values))
+

@@ -1,0 +1,332 @@
+"""Site names, layer mapping and the module-layout adapter.
+
+A *site* is a named place in a model, written ``kind@layer`` (``v_proj@27``,
+``resid_pre@18``). Layers are written as in the source finding, which was made
+on a 32-layer model, and are mapped to the subject's depth by :func:`map_layer`.
+
+This module must not import torch at module level: :func:`parse_site`,
+:func:`map_layer` and :func:`check_architecture` validate user input (and a
+model's ``config.json``) before any weights are loaded. Torch is imported only
+inside the functions that touch a loaded model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import (
+    HarnessLookupError,
+    HarnessValueError,
+    UnsupportedModelError,
+    did_you_mean,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+__all__ = [
+    "SITE_KINDS",
+    "SOURCE_DEPTH",
+    "SUPPORTED_MODEL_TYPES",
+    "Site",
+    "ResolvedSite",
+    "LlamaLayout",
+    "parse_site",
+    "map_layer",
+    "check_architecture",
+    "layout_for",
+    "hooked_tensor",
+    "with_replaced",
+]
+
+SITE_KINDS: tuple[str, ...] = ("v_proj", "resid_pre", "resid_post", "attn_out", "mlp_out", "kv")
+
+#: Depth of the model the findings were written for (Mistral-7B: 32 layers).
+SOURCE_DEPTH = 32
+
+#: model_type values whose layout is ``model.model.layers[L].self_attn.{q,k,v,o}_proj``,
+#: ``.mlp`` and ``model.model.rotary_emb``.
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("gemma", "gemma2", "llama", "mistral", "qwen2", "qwen3")
+
+# Known layouts we refuse, with the reason shown to the user. Fused QKV means the
+# value projection is a slice of one Linear, so ``v_proj`` cannot be hooked alone.
+_FUSED_QKV: dict[str, str] = {
+    "phi3": "self_attn.qkv_proj",
+    "gpt_neox": "attention.query_key_value",
+    "gpt2": "attn.c_attn",
+    "gpt_bigcode": "attn.c_attn",
+    "falcon": "self_attention.query_key_value",
+    "bloom": "self_attention.query_key_value",
+    "mpt": "attn.Wqkv",
+    "dbrx": "attn.Wqkv",
+    "chatglm": "self_attention.query_key_value",
+}
+
+_LAYOUT_TEXT = (
+    "supported: Llama-family layout model.model.layers[L].self_attn.{q,k,v,o}_proj, .mlp, "
+    "model.model.rotary_emb (model_type one of " + ", ".join(SUPPORTED_MODEL_TYPES) + ")"
+)
+
+# Where a site's tensor is read/written: a forward hook on the module ("output"),
+# a forward pre-hook with kwargs on the decoder layer ("input"), or the KV cache ("cache").
+_WHERE = {
+    "v_proj": "output",
+    "attn_out": "output",
+    "mlp_out": "output",
+    "resid_post": "output",
+    "resid_pre": "input",
+    "kv": "cache",
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """A named place in a model; ``layer`` is in source-finding (32-layer) numbering."""
+
+    kind: str
+    layer: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in SITE_KINDS:
+            raise HarnessLookupError(
+                f"unknown site kind {self.kind!r}; expected one of {', '.join(SITE_KINDS)}."
+                + did_you_mean(str(self.kind), SITE_KINDS)
+            )
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise HarnessValueError(f"site layer must be an integer >= 0, got {self.layer!r}")
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.layer}"
+
+
+def parse_site(text: str) -> Site:
+    """Parse ``"kind@layer"`` (e.g. ``"v_proj@27"``) into a :class:`Site`.
+
+    Raises HarnessLookupError for an unknown kind (with a did-you-mean hint) and
+    HarnessValueError for malformed text. The layer's range against the source
+    depth is checked by :func:`map_layer`, not here.
+    """
+    if isinstance(text, Site):
+        return text
+    if not isinstance(text, str):
+        raise HarnessValueError(f"a site must be a string like 'v_proj@27', got {text!r}")
+    kind, sep, layer_text = text.strip().partition("@")
+    kind, layer_text = kind.strip(), layer_text.strip()
+    if not sep or not kind or not layer_text:
+        raise HarnessValueError(f"malformed site {text!r}; expected 'kind@layer', e.g. 'v_proj@27'")
+    if kind not in SITE_KINDS:
+        raise HarnessLookupError(
+            f"unknown site kind {kind!r} in {text!r}; expected one of {', '.join(SITE_KINDS)}."
+            + did_you_mean(kind, SITE_KINDS)
+        )
+    if not layer_text.isdigit():
+        raise HarnessValueError(
+            f"malformed layer {layer_text!r} in site {text!r}; expected a non-negative integer"
+        )
+    return Site(kind, int(layer_text))
+
+
+def map_layer(layer: int, n_layers: int, source_depth: int = SOURCE_DEPTH) -> int:
+    """Map a layer index of a ``source_depth``-layer model onto an ``n_layers`` model.
+
+    Identity when ``n_layers == source_depth``. Otherwise relative depth:
+    ``round(layer * (n_layers - 1) / (source_depth - 1))``, so the first layer maps
+    to 0 and the last (31 of 32) to ``n_layers - 1``; e.g. 27 of 32 on a 16-layer
+    model -> 13, 18 of 32 -> 9. Halves round up (computed exactly in integers);
+    with ``source_depth == 32`` no halves occur, so this equals Python's ``round``.
+
+    Raises HarnessValueError for a layer outside ``0 .. source_depth - 1``.
+    """
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+        raise HarnessValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+    if isinstance(source_depth, bool) or not isinstance(source_depth, int) or source_depth < 1:
+        raise HarnessValueError(f"source_depth must be a positive integer, got {source_depth!r}")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < source_depth:
+        raise HarnessValueError(
+            f"layer {layer!r} is out of range: valid layers are 0..{source_depth - 1} "
+            f"(written for a {source_depth}-layer model)"
+        )
+    if n_layers == source_depth:
+        return layer
+    if source_depth == 1:
+        return 0
+    num, den = layer * (n_layers - 1), source_depth - 1
+    return (2 * num + den) // (2 * den)  # floor(num/den + 1/2), exact
+
+
+def _config_get(config: Any, key: str) -> Any:
+    if isinstance(config, Mapping):
+        return config.get(key)
+    return getattr(config, key, None)
+
+
+def check_architecture(config: Any) -> None:
+    """Refuse a model whose layout the harness cannot hook, from its config alone.
+
+    ``config`` is a transformers ``PretrainedConfig`` or the dict of a
+    ``config.json``; no weights are needed. Raises UnsupportedModelError with a
+    one-line message naming the model_type, the reason, and the supported layouts.
+    """
+    model_type = _config_get(config, "model_type")
+    if model_type in SUPPORTED_MODEL_TYPES:
+        return
+    if not model_type:
+        raise UnsupportedModelError(f"model config has no model_type; {_LAYOUT_TEXT}")
+    fused = _FUSED_QKV.get(str(model_type))
+    if fused is not None:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported: its attention uses a fused QKV "
+            f"projection ({fused}), so v_proj cannot be hooked on its own; {_LAYOUT_TEXT}"
+        )
+    raise UnsupportedModelError(
+        f"model_type {model_type!r} is not supported: its module layout is not a known "
+        f"Llama-family layout; {_LAYOUT_TEXT}"
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedSite:
+    """A site bound to a loaded model.
+
+    ``layer`` is the mapped index in the subject. ``where`` says how to reach the
+    tensor: "output" (forward hook on ``module``; the output is a tensor, or a
+    tuple whose [0] is the hidden states), "input" (forward pre-hook with kwargs on
+    the decoder layer; hidden states are ``args[0]`` or ``kwargs["hidden_states"]``),
+    or "cache" (the layer's KV cache entry; ``module`` is None).
+    """
+
+    site: Site
+    layer: int
+    module: Any  # torch.nn.Module | None; typed loosely so torch is not imported
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.site} (layer {self.layer})"
+
+
+class LlamaLayout:
+    """Adapter for the Llama-family module layout of a loaded causal LM.
+
+    Knows where each site lives: ``v_proj`` -> ``layers[L].self_attn.v_proj`` output,
+    ``attn_out`` -> ``layers[L].self_attn.o_proj`` output, ``mlp_out`` ->
+    ``layers[L].mlp`` output, ``resid_post`` -> ``layers[L]`` output, ``resid_pre``
+    -> ``layers[L]`` input, ``kv`` -> cache entry L.
+    """
+
+    def __init__(self, model: Any, source_depth: int = SOURCE_DEPTH) -> None:
+        base = getattr(model, "model", None)
+        layers = getattr(base, "layers", None)
+        model_type = _config_get(getattr(model, "config", None), "model_type")
+        if layers is None or getattr(base, "rotary_emb", None) is None or len(layers) == 0:
+            raise UnsupportedModelError(
+                f"model (model_type {model_type!r}) has no model.model.layers / "
+                f"model.model.rotary_emb; {_LAYOUT_TEXT}"
+            )
+        for i, layer in enumerate(layers):
+            attn = getattr(layer, "self_attn", None)
+            missing = [p for p in ("q_proj", "k_proj", "v_proj", "o_proj") if not hasattr(attn, p)]
+            if attn is None or missing or not hasattr(layer, "mlp"):
+                raise UnsupportedModelError(
+                    f"model (model_type {model_type!r}) layer {i} lacks self_attn."
+                    f"{{{','.join(missing) or 'self_attn'}}} or mlp; {_LAYOUT_TEXT}"
+                )
+        self.model = model
+        self.config = model.config
+        self.layers = layers
+        self.source_depth = source_depth
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def rotary_emb(self) -> Any:
+        """The model's rotary embedding: ``rotary_emb(x, position_ids) -> (cos, sin)``."""
+        return self.model.model.rotary_emb
+
+    @property
+    def num_kv_heads(self) -> int:
+        cfg = self.config
+        return int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+
+    @property
+    def head_dim(self) -> int:
+        cfg = self.config
+        return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+    def map(self, layer: int) -> int:
+        """Map a source-numbered layer to this model (see :func:`map_layer`)."""
+        return map_layer(layer, self.n_layers, self.source_depth)
+
+    def resolve(self, site: Site | str) -> ResolvedSite:
+        """Bind ``site`` (a Site or ``"kind@layer"``) to this model's module."""
+        site = parse_site(site) if isinstance(site, str) else site
+        layer = self.map(site.layer)
+        if not 0 <= layer < self.n_layers:  # map_layer guarantees this; keep the check cheap
+            raise HarnessValueError(f"{site} maps to layer {layer}, outside 0..{self.n_layers - 1}")
+        block = self.layers[layer]
+        modules = {
+            "v_proj": block.self_attn.v_proj,
+            "attn_out": block.self_attn.o_proj,
+            "mlp_out": block.mlp,
+            "resid_post": block,
+            "resid_pre": block,
+            "kv": None,
+        }
+        module = modules[site.kind]
+        return ResolvedSite(site=site, layer=layer, module=module, where=_WHERE[site.kind])
+
+
+def layout_for(model: Any, source_depth: int = SOURCE_DEPTH) -> LlamaLayout:
+    """The adapter for a loaded model; refuses unsupported layouts (UnsupportedModelError)."""
+    check_architecture(getattr(model, "config", {}) or {})
+    return LlamaLayout(model, source_depth=source_depth)
+
+
+def _check_where(where: str) -> None:
+    if where == "cache":
+        raise HarnessValueError("a 'cache' site (kv@L) has no hooked tensor; use harness.kv")
+    if where not in ("output", "input"):
+        raise HarnessLookupError(
+            f"unknown hook position {where!r}; expected 'output' or 'input'."
+            + did_you_mean(str(where), ("output", "input"))
+        )
+
+
+def hooked_tensor(where: str, args: tuple, kwargs: dict, output: Any) -> torch.Tensor:
+    """The site's tensor inside a hook, shape (batch, seq, features).
+
+    ``where="output"``: ``output`` itself, or ``output[0]`` when the module returns
+    a tuple (older decoder layers). ``where="input"``: ``kwargs["hidden_states"]``
+    when passed by keyword, else ``args[0]``. ``output`` is ignored for "input".
+    """
+    _check_where(where)
+    if where == "output":
+        return output if not isinstance(output, (tuple, list)) else output[0]
+    if kwargs and "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    return args[0]
+
+
+def with_replaced(where: str, args: tuple, kwargs: dict, output: Any, new_tensor: Any) -> Any:
+    """What a hook returns to replace the site's tensor with ``new_tensor``.
+
+    ``where="output"`` -> the new output (same container type as ``output``: a
+    tensor, or a tuple/list with [0] replaced), for a forward hook to return.
+    ``where="input"`` -> ``(args, kwargs)``, for a forward pre-hook registered
+    with ``with_kwargs=True`` to return. Inputs are not mutated.
+    """
+    _check_where(where)
+    if where == "output":
+        if isinstance(output, tuple):
+            return (new_tensor, *output[1:])
+        if isinstance(output, list):
+            return [new_tensor, *output[1:]]
+        return new_tensor
+    kwargs = dict(kwargs or {})
+    if "hidden_states" in kwargs:
+        kwargs["hidden_states"] = new_tensor
+        return tuple(args), kwargs
+    return (new_tensor, *tuple(args)[1:]), kwargs

@@ -1,0 +1,65 @@
+"""Tiny random-weight causal LMs for the harness's own tests (no weights downloaded).
+
+Each builder returns ``(model, config)`` in eval mode, float32, eager attention,
+with a fixed seed, so two calls give identical weights. Token id ``BOS`` (1) is
+the beginning-of-sequence token; prompts in tests start with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+BOS = 1
+VOCAB = 96
+
+# Grouped-query attention (4 query heads share 2 KV heads), big enough to make
+# wrong splices visible, small enough for a forward pass in milliseconds.
+_COMMON: dict[str, Any] = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    bos_token_id=BOS,
+    eos_token_id=2,
+    pad_token_id=0,
+    # Larger than the library default (0.02) so activations and logits differ
+    # clearly between prompts: a wrong splice must move the logits past tolerance.
+    initializer_range=0.1,
+    tie_word_embeddings=False,
+    attn_implementation="eager",
+)
+
+
+def _build(config_cls: type, model_cls: type, seed: int, **overrides: Any) -> tuple[Any, Any]:
+    config = config_cls(**{**_COMMON, **overrides})
+    torch.manual_seed(seed)
+    model = model_cls(config).to(torch.float32).eval()
+    return model, config
+
+
+def tiny_mistral(seed: int = 0, **overrides: Any) -> tuple[MistralForCausalLM, MistralConfig]:
+    """A 4-layer Mistral with grouped-query attention."""
+    return _build(MistralConfig, MistralForCausalLM, seed, **overrides)
+
+
+def tiny_llama_gqa(seed: int = 0, **overrides: Any) -> tuple[LlamaForCausalLM, LlamaConfig]:
+    """A 4-layer Llama with grouped-query attention (4 heads, 2 KV heads)."""
+    return _build(LlamaConfig, LlamaForCausalLM, seed, **overrides)
+
+
+def tiny_qwen2(seed: int = 0, **overrides: Any) -> tuple[Qwen2ForCausalLM, Qwen2Config]:
+    """A 4-layer Qwen2 (biased QKV projections) with grouped-query attention."""
+    return _build(Qwen2Config, Qwen2ForCausalLM, seed, **overrides)
