@@ -1,0 +1,308 @@
+"""Site names, layer mapping, the architecture check and the Llama layout adapter."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from tiny import BOS, VOCAB, tiny_llama_gqa, tiny_mistral, tiny_qwen2
+from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel
+
+from harness.errors import HarnessLookupError, HarnessValueError, UnsupportedModelError
+from harness.sites import (
+    SITE_KINDS,
+    SOURCE_DEPTH,
+    LlamaLayout,
+    Site,
+    check_architecture,
+    hooked_tensor,
+    layout_for,
+    map_layer,
+    parse_site,
+    with_replaced,
+)
+
+BUILDERS = {"mistral": tiny_mistral, "llama": tiny_llama_gqa, "qwen2": tiny_qwen2}
+
+
+@functools.lru_cache(maxsize=None)
+def model(name: str):
+    return BUILDERS[name]()[0]
+
+
+# ---------------------------------------------------------------- names
+
+
+@given(st.sampled_from(SITE_KINDS), st.integers(0, 200))
+def test_parse_site_round_trips(kind: str, layer: int) -> None:
+    site = parse_site(f"{kind}@{layer}")
+    assert site == Site(kind, layer)
+    assert str(site) == f"{kind}@{layer}"
+    assert parse_site(f"  {kind} @ {layer} ") == site
+
+
+def test_unknown_site_kind_suggests_the_closest() -> None:
+    with pytest.raises(HarnessLookupError) as err:
+        parse_site("vproj@27")
+    message = str(err.value)
+    assert "'vproj'" in message and "'vproj@27'" in message
+    assert "v_proj, resid_pre, resid_post, attn_out, mlp_out, kv" in message
+    assert message.endswith("Did you mean 'v_proj'?")
+    with pytest.raises(LookupError):
+        Site("residual", 3)
+
+
+@pytest.mark.parametrize(
+    "text", ["v_proj", "v_proj@", "@27", "v_proj@x", "v_proj@-1", "v_proj@2.5", "v_proj@2@3", ""]
+)
+def test_malformed_site_is_refused(text: str) -> None:
+    with pytest.raises(HarnessValueError, match="v_proj@27|layer"):
+        parse_site(text)
+
+
+@pytest.mark.parametrize("layer", [-1, 1.5, True, "3"])
+def test_site_refuses_non_integer_layers(layer: object) -> None:
+    with pytest.raises(HarnessValueError):
+        Site("v_proj", layer)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- layer mapping
+
+
+def test_map_layer_documented_examples() -> None:
+    assert map_layer(27, 16) == 13
+    assert map_layer(18, 16) == 9
+    assert map_layer(0, 16) == 0 and map_layer(31, 16) == 15
+    assert map_layer(27, 4) == 3 and map_layer(5, 4) == 0
+    assert map_layer(27, 80) == 69
+
+
+@given(st.integers(0, SOURCE_DEPTH - 1), st.integers(1, 200))
+def test_map_layer_is_relative_depth(layer: int, n_layers: int) -> None:
+    mapped = map_layer(layer, n_layers)
+    if n_layers == SOURCE_DEPTH:
+        assert mapped == layer
+    else:
+        # Independent computation with floats; no ties occur for a 32-layer source.
+        assert mapped == round(layer * (n_layers - 1) / (SOURCE_DEPTH - 1))
+    assert 0 <= mapped < n_layers
+    if layer > 0:
+        assert map_layer(layer - 1, n_layers) <= mapped  # monotone
+
+
+@given(st.integers(1, 60), st.integers(1, 60), st.data())
+def test_map_layer_other_source_depths(n_layers: int, depth: int, data: st.DataObject) -> None:
+    layer = data.draw(st.integers(0, depth - 1))
+    mapped = map_layer(layer, n_layers, source_depth=depth)
+    assert 0 <= mapped < n_layers
+    if depth > 1 and n_layers != depth:
+        assert abs(mapped - layer * (n_layers - 1) / (depth - 1)) <= 0.5
+
+
+@pytest.mark.parametrize("layer", [-1, 32, 100])
+def test_map_layer_refuses_out_of_range(layer: int) -> None:
+    with pytest.raises(HarnessValueError, match=r"0\.\.31"):
+        map_layer(layer, 16)
+    with pytest.raises(HarnessValueError):
+        map_layer(3, 0)
+
+
+# ---------------------------------------------------------------- architecture check
+
+
+def test_sites_module_does_not_import_torch() -> None:
+    code = "import sys, harness.sites; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("name", ["mistral", "llama", "qwen2", "qwen3", "gemma", "gemma2"])
+def test_supported_configs_pass(name: str) -> None:
+    check_architecture({"model_type": name})
+    check_architecture(AutoConfig.for_model(name))
+
+
+@pytest.mark.parametrize(
+    "config, fused",
+    [
+        ({"model_type": "phi3", "hidden_size": 3072}, "qkv_proj"),
+        ({"model_type": "gpt_neox", "hidden_size": 512}, "query_key_value"),
+        ({"model_type": "gpt2", "n_embd": 768}, "c_attn"),
+    ],
+)
+def test_fused_qkv_configs_are_refused_before_loading(config: dict, fused: str) -> None:
+    # Only the config.json dict is given: no weights exist at all.
+    with pytest.raises(UnsupportedModelError) as err:
+        check_architecture(config)
+    message = str(err.value)
+    assert "\n" not in message
+    assert repr(config["model_type"]) in message and "fused QKV" in message and fused in message
+    assert "mistral" in message and "llama" in message and "qwen2" in message
+    with pytest.raises(UnsupportedModelError, match="fused QKV"):
+        check_architecture(AutoConfig.for_model(config["model_type"]))
+
+
+@pytest.mark.parametrize("config", [{"model_type": "bert"}, {}, {"model_type": None}])
+def test_other_configs_are_refused(config: dict) -> None:
+    with pytest.raises(UnsupportedModelError, match="supported: Llama-family"):
+        check_architecture(config)
+
+
+def test_layout_for_refuses_a_fused_qkv_model() -> None:
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=32)
+    with pytest.raises(UnsupportedModelError, match="'gpt2'.*fused QKV"):
+        layout_for(GPT2LMHeadModel(config))
+    with pytest.raises(UnsupportedModelError, match="model.model.layers"):
+        LlamaLayout(GPT2LMHeadModel(config))  # the structural check alone also refuses it
+
+
+# ---------------------------------------------------------------- the layout adapter
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_layout_resolves_modules(name: str) -> None:
+    m = model(name)
+    layout = layout_for(m)
+    assert layout.n_layers == 4 and layout.num_kv_heads == 2 and layout.head_dim == 8
+    assert layout.rotary_emb is m.model.rotary_emb
+    r = layout.resolve("v_proj@27")  # 27 of 32 on 4 layers -> 3
+    assert r.layer == 3 and r.module is m.model.layers[3].self_attn.v_proj and r.where == "output"
+    assert str(r) == "v_proj@27 (layer 3)"
+    direct = LlamaLayout(m, source_depth=4)  # layers written for this model itself
+    expected = {
+        "v_proj": (m.model.layers[2].self_attn.v_proj, "output"),
+        "attn_out": (m.model.layers[2].self_attn.o_proj, "output"),
+        "mlp_out": (m.model.layers[2].mlp, "output"),
+        "resid_post": (m.model.layers[2], "output"),
+        "resid_pre": (m.model.layers[2], "input"),
+        "kv": (None, "cache"),
+    }
+    for kind, (module, where) in expected.items():
+        r = direct.resolve(Site(kind, 2))
+        assert (r.module, r.where, r.layer) == (module, where, 2)
+    with pytest.raises(HarnessValueError, match=r"0\.\.3"):
+        direct.resolve("v_proj@4")
+
+
+# ---------------------------------------------------------------- hook helpers
+
+
+def _capture(m, ids, resolved) -> torch.Tensor:
+    """Run ``ids`` and return the hooked tensor at ``resolved``, read with hooked_tensor."""
+    found: list[torch.Tensor] = []
+    if resolved.where == "input":
+
+        def pre(module, args, kwargs):
+            found.append(hooked_tensor("input", args, kwargs, None).clone())
+
+        handle = resolved.module.register_forward_pre_hook(pre, with_kwargs=True)
+    else:
+
+        def post(module, args, output):
+            found.append(hooked_tensor("output", args, {}, output).clone())
+
+        handle = resolved.module.register_forward_hook(post)
+    try:
+        with torch.no_grad():
+            m(ids)
+    finally:
+        handle.remove()
+    return found[0]
+
+
+def _run_replacing(m, ids, resolved, fn) -> torch.Tensor:
+    """Logits of ``ids`` with the site's tensor x replaced by fn(x), via with_replaced."""
+    if resolved.where == "input":
+
+        def pre(module, args, kwargs):
+            x = hooked_tensor("input", args, kwargs, None)
+            return with_replaced("input", args, kwargs, None, fn(x))
+
+        handle = resolved.module.register_forward_pre_hook(pre, with_kwargs=True)
+    else:
+
+        def post(module, args, output):
+            x = hooked_tensor("output", args, {}, output)
+            return with_replaced("output", args, {}, output, fn(x))
+
+        handle = resolved.module.register_forward_hook(post)
+    try:
+        with torch.no_grad():
+            return m(ids).logits
+    finally:
+        handle.remove()
+
+
+def _prompt(seed: int, length: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.tensor([[BOS]]), torch.randint(3, VOCAB, (1, length - 1), generator=g)], 1)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("layer", [0, 2])
+def test_hooked_tensors_match_independent_values(name: str, layer: int) -> None:
+    m = model(name)
+    layout = LlamaLayout(m, source_depth=4)
+    ids = _prompt(1, 9)
+    with torch.no_grad():
+        hidden = m(ids, output_hidden_states=True).hidden_states
+        block = m.model.layers[layer]
+        v_expected = block.self_attn.v_proj(block.input_layernorm(hidden[layer]))
+    got = {kind: _capture(m, ids, layout.resolve(Site(kind, layer))) for kind in SITE_KINDS[:5]}
+    # hidden_states[L] is layer L's input; [L + 1] its output (for L below the last layer).
+    torch.testing.assert_close(got["resid_pre"], hidden[layer], rtol=0, atol=0)
+    torch.testing.assert_close(got["resid_post"], hidden[layer + 1], rtol=0, atol=0)
+    torch.testing.assert_close(got["v_proj"], v_expected, rtol=1e-6, atol=1e-6)
+    recomposed = got["resid_pre"] + got["attn_out"] + got["mlp_out"]
+    torch.testing.assert_close(recomposed, got["resid_post"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("kind", SITE_KINDS[:5])
+def test_with_replaced_replaces_the_tensor(name: str, kind: str) -> None:
+    m = model(name)
+    layout = LlamaLayout(m, source_depth=4)
+    ids = _prompt(2, 8)
+    resolved = layout.resolve(Site(kind, 1))
+    with torch.no_grad():
+        plain = m(ids).logits
+    same = _run_replacing(m, ids, resolved, lambda x: x.clone())
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)
+    scaled = _run_replacing(m, ids, resolved, lambda x: x * 3.0)
+    assert (scaled - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["resid_pre", "resid_post"])
+def test_replacing_the_residual_stream_gives_the_other_prompts_logits(kind: str) -> None:
+    # Every position of the stream replaced by prompt B's: the rest of the model runs B.
+    m = model("llama")
+    layout = LlamaLayout(m, source_depth=4)
+    a, b = _prompt(3, 7), _prompt(4, 7)
+    with torch.no_grad():
+        hidden_b = m(b, output_hidden_states=True).hidden_states
+        logits_b = m(b).logits
+    index = 2 if kind == "resid_pre" else 3
+    patched = _run_replacing(m, a, layout.resolve(Site(kind, 2)), lambda x: hidden_b[index])
+    torch.testing.assert_close(patched, logits_b, rtol=1e-5, atol=1e-5)
+
+
+def test_hook_helpers_on_both_call_conventions() -> None:
+    h, other = torch.ones(1, 2, 3), torch.zeros(1, 2, 3)
+    assert hooked_tensor("input", (h, 5), {"x": 1}, None) is h
+    assert hooked_tensor("input", (), {"hidden_states": h}, None) is h
+    args, kwargs = with_replaced("input", (h, 5), {"x": 1}, None, other)
+    assert args[0] is other and args[1] == 5 and kwargs == {"x": 1}
+    args, kwargs = with_replaced("input", (), {"hidden_states": h, "x": 1}, None, other)
+    assert args == () and kwargs["hidden_states"] is other and kwargs["x"] == 1
+    assert hooked_tensor("output", (), {}, (h, "attn")) is h  # older decoder layers: a tuple
+    assert with_replaced("output", (), {}, (h, "attn"), other) == (other, "attn")
+    assert with_replaced("output", (), {}, h, other) is other
+    with pytest.raises(HarnessValueError, match="harness.kv"):
+        hooked_tensor("cache", (), {}, None)
+    with pytest.raises(HarnessLookupError, match="Did you mean 'output'"):
+        with_replaced("outptu", (), {}, h, other)
