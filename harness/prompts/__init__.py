@@ -1,0 +1,102 @@
+"""Prompt banks: (baseline, champion) pairs stored as JSON Lines files.
+
+Each non-blank line of a bank is one JSON object::
+
+    {"id": "geo-1", "baseline": "the river flows ...", "champion": "the loop ..."}
+
+``baseline`` and ``champion`` are required non-empty strings; ``id`` is
+optional (default ``pair-<line number>``) and must be unique in the file.
+:func:`load_pairs` refuses a malformed file with a one-line
+:class:`~harness.errors.PromptFileError` naming the file, the line and the fix.
+The bundled bank (:data:`DEFAULT_PROMPTS`) is written in the two registers of the
+embedded toy model. This module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import PromptFileError
+
+__all__ = ["Pair", "DEFAULT_PROMPTS", "load_pairs", "default_pairs"]
+
+#: The bundled bank, in the toy model's vocabulary (baseline: factual register,
+#: champion: self-referential register).
+DEFAULT_PROMPTS: Path = Path(__file__).resolve().parent / "toy_pairs.jsonl"
+
+_FORMAT_HINT = 'each line must be a JSON object like {"id": "p1", "baseline": "...", "champion": "..."}'
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A baseline prompt and the champion prompt whose behaviour should transfer to it."""
+
+    id: str
+    baseline: str
+    champion: str
+
+
+def _fail(path: Path, line: int | None, problem: str, fix: str) -> PromptFileError:
+    where = f"{path}:{line}" if line is not None else f"{path}"
+    return PromptFileError(f"{where}: {problem}; {fix}")
+
+
+def _parse_line(path: Path, lineno: int, raw: str) -> Pair:
+    try:
+        obj: Any = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise _fail(path, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})", _FORMAT_HINT) from None
+    if not isinstance(obj, dict):
+        raise _fail(path, lineno, f"expected a JSON object, got {type(obj).__name__}", _FORMAT_HINT)
+    for key in ("baseline", "champion"):
+        if key not in obj:
+            raise _fail(path, lineno, f"missing key {key!r}", f"add a non-empty {key!r} string to the object")
+        value = obj[key]
+        if not isinstance(value, str):
+            raise _fail(path, lineno, f"{key!r} is of type {type(value).__name__}, not a string",
+                        f"write the {key} prompt as a JSON string")
+        if not value.strip():
+            raise _fail(path, lineno, f"{key!r} is empty", f"write a non-empty {key} prompt or delete the line")
+    pair_id = obj.get("id", f"pair-{lineno}")
+    if not isinstance(pair_id, str) or not pair_id.strip():
+        raise _fail(path, lineno, f"'id' must be a non-empty string, got {pair_id!r}",
+                    "give the pair a string id or remove the 'id' key")
+    return Pair(id=pair_id, baseline=obj["baseline"], champion=obj["champion"])
+
+
+def load_pairs(path: str | Path) -> list[Pair]:
+    """Read a JSONL prompt bank; blank lines are skipped.
+
+    Raises :class:`~harness.errors.PromptFileError` for an unreadable file,
+    invalid JSON, a missing key, an empty or non-string prompt, a duplicate id,
+    or a file with no pair at all.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise _fail(path, None, f"cannot read the prompts file ({reason})",
+                    "pass the path of a readable UTF-8 JSONL file") from None
+    pairs: list[Pair] = []
+    first_line: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        pair = _parse_line(path, lineno, raw)
+        if pair.id in first_line:
+            raise _fail(path, lineno, f"duplicate id {pair.id!r} (first used on line {first_line[pair.id]})",
+                        "give every pair a unique id")
+        first_line[pair.id] = lineno
+        pairs.append(pair)
+    if not pairs:
+        raise _fail(path, None, "no pairs in the file", _FORMAT_HINT)
+    return pairs
+
+
+def default_pairs() -> list[Pair]:
+    """The bundled bank (:data:`DEFAULT_PROMPTS`)."""
+    return load_pairs(DEFAULT_PROMPTS)

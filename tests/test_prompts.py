@@ -1,0 +1,148 @@
+"""Tests of the prompt-bank loader and of the bundled bank."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from harness.errors import PromptFileError
+from harness.metrics import MARKERS
+from harness.prompts import DEFAULT_PROMPTS, Pair, default_pairs, load_pairs
+from harness.toy import TOY_MODEL_DIR
+
+
+def _write(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "bank.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _line(**obj: object) -> str:
+    return json.dumps(obj)
+
+
+# ---------------------------------------------------------------- loading ---
+
+def test_loads_pairs_with_default_ids_and_skips_blank_lines(tmp_path: Path) -> None:
+    path = _write(tmp_path, _line(id="a", baseline="b1", champion="c1"), "", "   ",
+                  _line(baseline="b2", champion="c2"))
+    assert load_pairs(path) == [Pair("a", "b1", "c1"), Pair("pair-4", "b2", "c2")]
+    assert load_pairs(str(path)) == load_pairs(path)
+
+
+def test_pair_is_frozen() -> None:
+    pair = Pair("a", "b", "c")
+    with pytest.raises(AttributeError):
+        pair.id = "x"  # type: ignore[misc]
+
+
+def _refused(path: Path) -> str:
+    with pytest.raises(PromptFileError) as info:
+        load_pairs(path)
+    message = str(info.value)
+    assert "\n" not in message, "the message must be one line"
+    assert str(path) in message, "the message must name the file"
+    assert isinstance(info.value, ValueError)
+    return message
+
+
+@pytest.mark.parametrize(
+    ("lines", "line_no", "problem"),
+    [
+        (['{"baseline": "b", "champion": '], 1, "invalid JSON"),
+        ([_line(baseline="b", champion="c"), "[1, 2]"], 2, "JSON object"),
+        ([_line(champion="c")], 1, "missing key 'baseline'"),
+        (["", _line(baseline="b")], 2, "missing key 'champion'"),
+        ([_line(baseline="   ", champion="c")], 1, "'baseline' is empty"),
+        ([_line(baseline="b", champion="")], 1, "'champion' is empty"),
+        ([_line(baseline=3, champion="c")], 1, "'baseline' is of type int"),
+        ([_line(baseline="b", champion=["c"])], 1, "'champion' is of type list"),
+        ([_line(id=7, baseline="b", champion="c")], 1, "'id' must be a non-empty string"),
+        ([_line(id="x", baseline="b", champion="c"), _line(id="x", baseline="b", champion="c")],
+         2, "duplicate id 'x' (first used on line 1)"),
+        # an explicit id may collide with a default one
+        ([_line(baseline="b", champion="c"), _line(id="pair-1", baseline="b", champion="c")],
+         2, "duplicate id 'pair-1'"),
+    ],
+)
+def test_malformed_lines_are_refused_with_file_line_and_problem(
+    tmp_path: Path, lines: list[str], line_no: int, problem: str
+) -> None:
+    message = _refused(_write(tmp_path, *lines))
+    assert f"bank.jsonl:{line_no}:" in message
+    assert problem in message
+    assert ";" in message.split(problem, 1)[1], "the message must say how to fix it"
+
+
+def test_unreadable_file_is_refused(tmp_path: Path) -> None:
+    message = _refused(tmp_path / "missing.jsonl")
+    assert "cannot read" in message
+    message = _refused(tmp_path)  # a directory
+    assert "cannot read" in message
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"baseline": "caf\xe9", "champion": "c"}\n')
+    assert "cannot read" in _refused(bad)
+
+
+def test_file_without_pairs_is_refused(tmp_path: Path) -> None:
+    assert "no pairs" in _refused(_write(tmp_path, "", ""))
+
+
+def test_importing_prompts_does_not_import_torch() -> None:
+    code = "import sys, harness.prompts; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ----------------------------------------------------------- bundled bank ---
+
+@pytest.fixture(scope="module")
+def toy_tokenizer() -> Tokenizer:
+    # The bare tokenizers file is enough to count tokens and find <unk>.
+    return Tokenizer.from_file(str(TOY_MODEL_DIR / "tokenizer.json"))
+
+
+def _n_tokens(tok: Tokenizer, text: str) -> int:
+    ids = tok.encode(text).ids
+    assert ids[0] == tok.token_to_id("<s>"), "the toy tokenizer must prepend BOS"
+    return len(ids) - 1
+
+
+def test_bundled_bank_shape() -> None:
+    pairs = default_pairs()
+    assert DEFAULT_PROMPTS.name == "toy_pairs.jsonl" and DEFAULT_PROMPTS.is_file()
+    assert len(pairs) >= 24
+    assert len({p.id for p in pairs}) == len(pairs)
+    assert len({p.baseline for p in pairs}) == len(pairs)
+    assert len({p.champion for p in pairs}) == len(pairs)
+
+
+def test_bundled_bank_uses_only_toy_vocabulary(toy_tokenizer: Tokenizer) -> None:
+    unk = toy_tokenizer.token_to_id("<unk>")
+    for p in default_pairs():
+        for text in (p.baseline, p.champion):
+            assert unk not in toy_tokenizer.encode(text).ids, f"{p.id}: <unk> in {text!r}"
+
+
+def test_bundled_bank_lengths(toy_tokenizer: Tokenizer) -> None:
+    lengths = [(_n_tokens(toy_tokenizer, p.baseline), _n_tokens(toy_tokenizer, p.champion))
+               for p in default_pairs()]
+    assert all(b > 16 and c > 16 for b, c in lengths), lengths
+    assert sum(b == c for b, c in lengths) >= 4, "need pairs of equal token length"
+    assert sum(c > b for b, c in lengths) >= 4, "need pairs where the champion is longer"
+    assert sum(b > c for b, c in lengths) >= 4, "need pairs where the baseline is longer"
+    assert len({n for pair in lengths for n in pair}) >= 12, "lengths should vary"
+
+
+def test_bundled_bank_registers() -> None:
+    from harness.metrics import marker_rate
+
+    for p in default_pairs():
+        low = p.baseline.lower()
+        # The original score matches substrings, so a baseline must contain none.
+        assert not [m for m in MARKERS if m in low], p.id
+        assert marker_rate(p.champion) >= 0.15, p.id
