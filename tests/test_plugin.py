@@ -1,0 +1,89 @@
+"""The pytest plugin: light import, options, the hook guard, claims end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def test_importing_the_plugin_loads_neither_torch_nor_transformers():
+    code = "import sys, harness.plugin; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_options_are_in_the_harness_group(pytester):
+    result = pytester.runpytest("--help")
+    text = result.stdout.str()
+    assert "claims harness" in text
+    for option in ("--model", "--device", "--dtype", "--prompts", "--seeds", "--gen-tokens",
+                   "--report-dir", "--allow-pickle", "--trust-remote-code", "--pairs", "--profile"):
+        assert option in text
+
+
+def test_bad_device_is_a_usage_error(pytester):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--device", "gpu0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--device 'gpu0' is not a device*"])
+
+
+def test_missing_prompts_file_is_a_usage_error(pytester):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--prompts", "nope.jsonl")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--prompts 'nope.jsonl': no such file*"])
+
+
+def test_a_test_that_leaves_a_hook_on_the_model_fails(pytester):
+    pytester.makepyfile(
+        """
+        def test_leaves_a_hook(subject):
+            subject.model.model.layers[3].mlp.register_forward_hook(lambda *a: None)
+
+        def test_sees_a_clean_model(subject):
+            assert not any(m._forward_hooks for m in subject.model.modules())
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*test left hooks on the model*layers.3.mlp*"])
+
+
+def test_a_claim_run_writes_its_rows_and_table(pytester, tmp_path):
+    pytester.makepyfile(
+        """
+        import pytest
+        from harness.arms import KV_ONLY
+        from harness.claims import Claim, Source
+
+        CLAIM = Claim(id="kv-only-transfers", statement="KV alone transfers.",
+                      source=Source("test", "quote"), arm=KV_ONLY, threshold=-100.0, direction="above")
+
+        @pytest.mark.parametrize("protocol", ["original", "corrected"])
+        def test_claim(verify, protocol):
+            verify(CLAIM, protocol)
+        """
+    )
+    report = tmp_path / "report"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--pairs", "2", "--seeds", "2", "--gen-tokens", "6",
+        "--report-dir", str(report),
+    )
+    result.stdout.fnmatch_lines(["*claims*", "*kv-only-transfers*", f"*report: {report}*"])
+    with (report / "claims.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["protocol"] for r in rows} == {"original", "corrected"}
+    for column in ("claim", "protocol", "metric", "efficiency", "ci_low", "ci_high", "n_pairs",
+                   "n_seeds", "verdict", "expected"):
+        assert column in rows[0]
+    samples = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()]
+    # 2 protocols x 2 pairs x 3 arms (baseline, champion, kv-only) x 2 seeds
+    assert len(samples) == 24
+    assert json.loads((report / "summary.json").read_text())["complete"] is True
