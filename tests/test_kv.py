@@ -69,6 +69,13 @@ def clones(snap: KVSnapshot) -> list[torch.Tensor]:
     return [t.clone() for t in (*snap.keys, *snap.values)]
 
 
+def doubled(snap: KVSnapshot) -> KVSnapshot:
+    """The snapshot with its batch row repeated (batch 2)."""
+    return KVSnapshot(
+        tuple(torch.cat([k, k]) for k in snap.keys), tuple(torch.cat([v, v]) for v in snap.values)
+    )
+
+
 def same_tensors(snap: KVSnapshot, saved: list[torch.Tensor]) -> bool:
     return all(torch.equal(a, b) for a, b in zip((*snap.keys, *snap.values), saved, strict=True))
 
@@ -111,7 +118,7 @@ def test_to_cache_repeats_a_batch_1_snapshot() -> None:
     single = forward(m, token[:1], cache=snap.to_cache())
     for row in range(3):
         torch.testing.assert_close(out.logits[row], single.logits[0], **TOL)
-    two = KVSnapshot(tuple(torch.cat([k, k]) for k in snap.keys), tuple(torch.cat([v, v]) for v in snap.values))
+    two = doubled(snap)
     with pytest.raises(HarnessValueError, match="batch 2 to batch 3"):
         two.to_cache(batch=3)
 
@@ -134,13 +141,16 @@ def test_snapshots_are_never_mutated(name: str, length: int, steps: int, align: 
     live = output_cache(out)
     snap = snapshot(live)
     saved = clones(snap)
-    # The live cache the snapshot was taken from goes on growing: the snapshot must not.
+    # The live cache the snapshot was taken from is written in place and goes on
+    # growing: the snapshot must not change.
+    live.layers[0].keys.add_(1.0)
     forward(m, torch.tensor([[5]]), cache=live)
     assert same_tensors(snap, saved)
     # A cache made from the snapshot is consumed and extended for several steps.
     cache = snap.to_cache()
     for k, layer in zip(snap.keys, cache.layers):
         assert k.data_ptr() != layer.keys.data_ptr()
+    cache.layers[-1].values.mul_(2.0)
     for step in range(steps):
         forward(m, torch.tensor([[7 + step]]), cache=cache)
     assert cache.get_seq_length() == length + steps
@@ -184,7 +194,9 @@ def greedy(m, first: torch.Tensor, cache, steps: int = 4) -> tuple[torch.Tensor,
 
 
 @given(MODELS, st.integers(2, 12), LAYER_SETS, st.sampled_from(ALIGNMENTS))
-def test_splicing_a_cache_with_itself_changes_nothing(name: str, length: int, layers, align: str) -> None:
+def test_splicing_a_cache_with_itself_changes_nothing(
+    name: str, length: int, layers, align: str
+) -> None:
     m = model(name)
     ids = prompt(length + 11, length)
     _, snap = prefill(m, ids[:, :-1])
@@ -217,7 +229,9 @@ def test_left_splice_of_all_layers_reproduces_the_source(name: str, length: int,
 
 
 @given(MODELS, st.integers(2, 8), st.integers(1, 6), st.integers(0, 10_000))
-def test_left_splice_into_a_longer_target_with_its_tail_masked(name: str, ls: int, extra: int, seed: int) -> None:
+def test_left_splice_into_a_longer_target_with_its_tail_masked(
+    name: str, ls: int, extra: int, seed: int
+) -> None:
     m = model(name)
     source, target = prompt(seed, ls), prompt(seed + 1, ls + extra)
     lt = ls + extra
@@ -264,7 +278,9 @@ def test_rerotated_keys_equal_keys_computed_at_the_new_positions(
     for i in range(N_LAYERS):
         if i in chosen and n > 0:
             torch.testing.assert_close(spliced.keys[i][:, :, lt - n :], expected[i][:, :, ls - n :], **TOL)
-            torch.testing.assert_close(spliced.values[i][:, :, lt - n :], s.values[i][:, :, ls - n :], rtol=0, atol=0)
+            torch.testing.assert_close(
+                spliced.values[i][:, :, lt - n :], s.values[i][:, :, ls - n :], rtol=0, atol=0
+            )
             head = slice(0, lt - n)  # BOS and, for a longer target, its own middle slots
         else:
             head = slice(0, lt)
@@ -273,7 +289,9 @@ def test_rerotated_keys_equal_keys_computed_at_the_new_positions(
 
 
 @given(MODELS, st.integers(2, 8), st.integers(1, 8), st.integers(0, 10_000))
-def test_rerotated_splice_equals_the_source_at_shifted_positions(name: str, ls: int, extra: int, seed: int) -> None:
+def test_rerotated_splice_equals_the_source_at_shifted_positions(
+    name: str, ls: int, extra: int, seed: int
+) -> None:
     """With BOS masked out, the spliced cache is the source run at positions shifted by len_t - len_s.
 
     The source is prefilled without attending to BOS, so its hidden states depend
@@ -338,7 +356,8 @@ def test_rerotated_deeper_layers_keep_the_sources_distance_to_bos() -> None:
     spliced = splice(t, s, "all", "right-rerotated", rotary_emb=m.model.rotary_emb)
     shifted = torch.tensor([[0, *range(lt - ls + 1, lt)]])
     ref = snapshot(output_cache(forward(m, source, positions=shifted)))
-    gaps = [(spliced.keys[i][:, :, lt - ls + 1 :] - ref.keys[i][:, :, 1:]).abs().max().item() for i in range(4)]
+    moved = [spliced.keys[i][:, :, lt - ls + 1 :] for i in range(4)]
+    gaps = [(moved[i] - ref.keys[i][:, :, 1:]).abs().max().item() for i in range(4)]
     assert gaps[0] < 1e-5
     assert min(gaps[1:]) > 1e-3, gaps
 
@@ -355,7 +374,8 @@ def test_right_splice_is_the_originals(name: str, lt: int, ls: int, layers, seed
     n = min(lt, ls)
     chosen = set(resolve_layers(layers, N_LAYERS))
     for i in range(N_LAYERS):
-        for got, tgt, src in ((spliced.keys[i], t.keys[i], s.keys[i]), (spliced.values[i], t.values[i], s.values[i])):
+        pairs = ((spliced.keys[i], t.keys[i], s.keys[i]), (spliced.values[i], t.values[i], s.values[i]))
+        for got, tgt, src in pairs:
             if i in chosen:
                 assert torch.equal(got[:, :, lt - n :], src[:, :, ls - n :])
                 assert torch.equal(got[:, :, : lt - n], tgt[:, :, : lt - n])
@@ -365,6 +385,25 @@ def test_right_splice_is_the_originals(name: str, lt: int, ls: int, layers, seed
             # BOS is overwritten by a source token's KV (keys still rotated for its old position).
             assert torch.equal(spliced.keys[i][:, :, 0], s.keys[i][:, :, ls - lt])
             assert not torch.allclose(spliced.keys[i][:, :, 0], t.keys[i][:, :, 0], atol=1e-3)
+
+
+@given(MODELS, st.integers(2, 10), st.integers(2, 10), LAYER_SETS, st.integers(0, 10_000))
+def test_left_splice_slots(name: str, lt: int, ls: int, layers, seed: int) -> None:
+    m = model(name)
+    # The source does not start with BOS here, so its slot 0 differs from the target's.
+    _, s = prefill(m, prompt(seed, ls + 1)[:, 1:])
+    _, t = prefill(m, prompt(seed + 1, lt))
+    spliced = splice(t, s, layers, "left")
+    n = min(lt, ls)
+    chosen = set(resolve_layers(layers, N_LAYERS))
+    for i in range(N_LAYERS):
+        pairs = ((spliced.keys[i], t.keys[i], s.keys[i]), (spliced.values[i], t.values[i], s.values[i]))
+        for got, tgt, src in pairs:
+            if i in chosen:
+                assert torch.equal(got[:, :, :n], src[:, :, :n])
+                assert torch.equal(got[:, :, n:], tgt[:, :, n:])
+            else:
+                assert torch.equal(got, tgt)
 
 
 # ---------------------------------------------------------------- refusals
@@ -382,7 +421,7 @@ def test_splice_refusals() -> None:
         splice(a, b, "all", "right-rerotated")
     with pytest.raises(HarnessValueError, match="n_layers=4.*n_layers=3"):
         splice(a, KVSnapshot(b.keys[:3], b.values[:3]), "all", "left")
-    two = KVSnapshot(tuple(torch.cat([k, k]) for k in b.keys), tuple(torch.cat([v, v]) for v in b.values))
+    two = doubled(b)
     with pytest.raises(HarnessValueError, match="batch=1.*batch=2"):
         splice(a, two, "all", "right")
     with pytest.raises(HarnessValueError, match=r"0\.\.3"):
