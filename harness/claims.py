@@ -123,15 +123,23 @@ class ClaimResult:
     changed_decode: int = 0
     calls_prefill: int = 0
     calls_decode: int = 0
+    statement: str = ""
+    source_file: str = ""
+    source_quote: str = ""
+    arms: tuple[str, ...] = ()
     guards: tuple[GuardResult, ...] = ()
     arm_results: tuple[ArmResult, ...] = field(default=(), repr=False)
 
     def row(self) -> dict[str, Any]:
-        """The claims-table row (no arm results)."""
+        """The claims-table row: every field but the arm results; guards as text."""
         keep = ("claim", "protocol", "metric", "efficiency", "ci_low", "ci_high", "n_pairs", "n_seeds",
                 "verdict", "reason", "threshold", "direction", "kv_layers", "sites", "changed_prefill",
-                "changed_decode", "calls_prefill", "calls_decode")
-        return {k: getattr(self, k) for k in keep}
+                "changed_decode", "calls_prefill", "calls_decode", "statement", "source_file",
+                "source_quote")
+        row = {k: getattr(self, k) for k in keep}
+        row["arms"] = list(self.arms)
+        row["guards"] = [f"{'ok' if g.ok else 'FAILED'} {g.name}: {g.message}" for g in self.guards]
+        return row
 
 
 class ArmCache:
@@ -245,6 +253,8 @@ def evaluate(claim: Claim, cache: ArmCache, pairs: Sequence[Any], protocol: Prot
         n_pairs=interval.n_pairs, n_seeds=len(seeds) if claim.kind != "rv" else 0,
         verdict=str(decision.verdict), reason=decision.reason, threshold=claim.threshold,
         direction=claim.direction, kv_layers=kv_layers, sites=sites, guards=tuple(guards),
+        statement=claim.statement, source_file=claim.source.file, source_quote=claim.source.quote,
+        arms=tuple(dict.fromkeys(r.arm for r in arm_results)),
         arm_results=tuple(arm_results), **sums,
     )
 
