@@ -47,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="tokens generated per sample (default: from --profile)")
     group.addoption("--report-dir", default=None, metavar="DIR",
                     help="where the run's report is written (default: reports/<run-id>)")
+    group.addoption("--shard", default=None, metavar="I/N",
+                    help="run only slice I of N (1 <= I <= N) of the claim cells, for several machines; "
+                         "merge the reports with `python -m harness.report merge`")
     group.addoption("--ledger", default=None, metavar="FILE",
                     help="known verdicts to compare with (default: claims/ledger.toml under the rootdir)")
     group.addoption("--allow-pickle", action="store_true", default=False,
@@ -81,7 +84,10 @@ class HarnessSession:
         self.prompts_file = Path(prompts) if prompts else None
         if self.prompts_file is not None and not self.prompts_file.is_file():
             raise pytest.UsageError(f"--prompts {prompts!r}: no such file")
+        self.shard = _parse_shard(config.getoption("shard"))
+        self.missing: list[str] = []
         self._subject: Any = None
+        self._subject_provenance: dict[str, Any] | None = None
         self._arms: Any = None
         self._ledger: Any = None
         self.writer: Any = None
@@ -97,10 +103,41 @@ class HarnessSession:
 
             opt = self.config.getoption
             self._subject = load_subject(
-                opt("model"), device=opt("device"), dtype=opt("dtype"),
+                opt("model"), device=self.device(), dtype=opt("dtype"),
                 allow_pickle=opt("allow_pickle"), trust_remote_code=opt("trust_remote_code"),
             )
         return self._subject
+
+    def device(self) -> str:
+        """The device of this process: under xdist, ``cuda`` pins worker k to ``cuda:k``."""
+        device = self.config.getoption("device")
+        if device == "cuda" and _is_worker(self.config):
+            import torch
+
+            index = int(self.config.workerinput["workerid"].lstrip("gw"))
+            count = torch.cuda.device_count()
+            return f"cuda:{index % count}" if count else device
+        return device
+
+    def provenance_of(self, subject: Any) -> dict[str, Any]:
+        """What identifies the subject and the software, computed where the model is loaded."""
+        if self._subject_provenance is not None:
+            return self._subject_provenance
+        import dataclasses
+
+        import torch
+        import transformers
+
+        from harness.generate import PROTOCOLS
+
+        self._subject_provenance = {
+            "model_identity": subject.identity, "model_path": subject.path or subject.name,
+            "weights_sha256": subject.weights_hash, "tokenizer_sha256": subject.tokenizer_hash,
+            "n_layers": subject.n_layers, "device": subject.device, "dtype": subject.dtype,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "protocols": {name: dataclasses.asdict(self.protocol(name)) for name in PROTOCOLS},
+        }
+        return self._subject_provenance
 
     def arm_cache(self) -> Any:
         if self._arms is None:
@@ -132,26 +169,51 @@ class HarnessSession:
         return {"run_id": self.run_id, "model": opt("model") or "toy", "device": opt("device"),
                 "dtype": opt("dtype"), "pairs": self.n_pairs, "seeds": list(self.seeds),
                 "gen_tokens": self.gen_tokens, "prompts": str(self.prompts_file or "bundled toy bank"),
+                "shard": opt("shard"), "harness_commit": _git_commit(self.config.rootpath),
                 "command": " ".join(["pytest", *self.config.invocation_params.args])}
 
     # -- hooks: the session object is registered as a plugin -----------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Collect claim rows where the run's files are written (the controller under xdist)."""
-        if report.when != "call" or _is_worker(self.config):
+        """Collect claim rows where the run's files are written (the controller under xdist).
+
+        A claim test that failed without a row (an error, a crashed worker) is
+        remembered, and the report is marked incomplete.
+        """
+        if _is_worker(self.config):
             return
         payloads = [json.loads(v) for k, v in report.user_properties if k == "harness"]
-        if payloads and self.writer is None:
+        if not payloads:
+            if report.failed and "claims/" in report.nodeid.replace("\\", "/"):
+                self.missing.append(report.nodeid)
+            return
+        if self.writer is None:
             from harness.report import RunWriter
 
             self.writer = RunWriter(self.report_dir(), self.provenance())
         for payload in payloads:
+            self.writer.provenance.update(payload["provenance"])
             self.writer.add(payload["claim"], payload["rows"])
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if self.shard is None:
+            return
+        index, count = self.shard
+        ordered = sorted(items, key=lambda item: item.nodeid)
+        keep = {item.nodeid for i, item in enumerate(ordered) if i % count == index - 1}
+        config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in keep])
+        items[:] = [item for item in items if item.nodeid in keep]
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.writer is not None and not _is_worker(self.config):
-            interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
-            self.writer.close(complete=not interrupted and not session.shouldstop)
+        if self.writer is None or _is_worker(self.config):
+            return
+        interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+        if interrupted or session.shouldstop:
+            self.writer.provenance["stopped"] = "interrupted" if interrupted else str(session.shouldstop)
+        if self.missing:
+            self.writer.provenance["missing"] = sorted(self.missing)
+        self.writer.close(complete=not (interrupted or session.shouldstop or self.missing))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.writer is None or not self.writer.claims:
@@ -177,6 +239,29 @@ _SESSION = pytest.StashKey[HarnessSession]()
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        index = count = 0
+    if not 1 <= index <= count:
+        raise pytest.UsageError(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. --shard 2/4")
+    return index, count
+
+
+def _git_commit(root: Path) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -230,7 +315,8 @@ def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject:
         row = dict(result.row(), model=subject.identity, outcome=outcome.kind,
                    expected=entry.verdict if entry else "supported")
         samples = sample_rows(result.arm_results, {p.id: p for p in pairs})
-        request.node.user_properties.append(("harness", json.dumps({"claim": row, "rows": samples})))
+        payload = {"claim": row, "rows": samples, "provenance": session.provenance_of(subject)}
+        request.node.user_properties.append(("harness", json.dumps(payload, default=str)))
         if outcome.kind == "xfail":
             pytest.xfail(f"{claim.id}[{protocol}]: {outcome.message}")
         if outcome.kind == "fail":
