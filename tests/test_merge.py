@@ -1,0 +1,170 @@
+"""Merging shard run folders: equal to a single run, refusals, completeness, the command line.
+
+Run folders are built by hand with the real RunWriter (no model is loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.errors import HarnessLookupError, HarnessValueError
+from harness.merge import main, merge, normalize
+from test_render import PNG_MAGIC, PROVENANCE, all_cells, cell, write_run
+
+
+def _shards(tmp_path: Path, cells: list, n: int = 2, complete: bool = True) -> list[Path]:
+    """Deal the cells round-robin to n shards, each with its own run id (as separate runs have)."""
+    return [write_run(tmp_path / f"shard-{i}", cells[i::n], complete=complete,
+                      provenance=dict(PROVENANCE, run_id=f"run-{i}", device=f"cuda:{i}"))
+            for i in range(n)]
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    return json.loads((path / "summary.json").read_text(encoding="utf-8"))
+
+
+def test_merged_shards_equal_a_single_run(tmp_path: Path) -> None:
+    cells = all_cells()
+    single = write_run(tmp_path / "single", list(reversed(cells)))  # another order of arrival
+    normalize(single)
+    shards = _shards(tmp_path, cells, n=3)
+    shard_rows = sum(len((s / "results.jsonl").read_text().splitlines()) for s in shards)
+    out = merge(shards, tmp_path / "merged")
+    assert out == tmp_path / "merged"
+    for name in ("results.jsonl", "claims.csv"):
+        assert (out / name).read_bytes() == (single / name).read_bytes(), name
+    merged_rows = len((out / "results.jsonl").read_text().splitlines())
+    assert merged_rows < shard_rows  # baseline and champion rows were in every shard, once now
+    merged, one = _summary(out), _summary(single)
+    assert merged["claims"] == one["claims"] and merged["complete"] is True
+    assert merged["shards"] == ["shard-0", "shard-1", "shard-2"]
+    assert merged["provenance"]["model"] == "toy" and merged["provenance"]["seeds"] == [0, 1]
+    assert merged["provenance"]["run_id"] == ["run-0", "run-1", "run-2"]  # differs: kept per shard
+    assert "result_conflicts" not in merged
+    assert (out / "summary.md").read_text().startswith("# Claims report")
+    assert (out / "efficiency.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / "layer_sweep.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_missing_shard_is_visible(tmp_path: Path) -> None:
+    """The equality above can fail: leaving out a shard changes both files."""
+    cells = all_cells(sweep=False)
+    single = write_run(tmp_path / "single", cells)
+    normalize(single)
+    shards = _shards(tmp_path, cells, n=2)
+    out = merge(shards[:1], tmp_path / "merged")
+    assert (out / "claims.csv").read_bytes() != (single / "claims.csv").read_bytes()
+    assert (out / "results.jsonl").read_bytes() != (single / "results.jsonl").read_bytes()
+
+
+def test_normalize_sorts_dedupes_and_is_idempotent(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", list(reversed(all_cells(sweep=False))))
+    path = run / "results.jsonl"
+    first = path.read_text().splitlines()[0]
+    path.write_text(path.read_text() + first + "\n")  # a duplicate row
+    normalize(run)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    keys = [(r["protocol"], r["pair"], r["arm"], r["seed"]) for r in rows]
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
+    assert rows[0]["echo_rate"] is None  # NaN stays null
+    before = path.read_bytes()
+    normalize(run)
+    assert path.read_bytes() == before
+    assert not list(run.glob("*.tmp"))
+    normalize(tmp_path / "nothing-here")  # no results.jsonl: nothing to do
+
+
+def test_merged_run_is_complete_only_if_every_shard_is(tmp_path: Path) -> None:
+    cells = all_cells(sweep=False)
+    done = write_run(tmp_path / "a", cells[:2])
+    stopped = write_run(tmp_path / "b", cells[2:], complete=False)
+    out = merge([done, stopped], tmp_path / "merged")
+    assert _summary(out)["complete"] is False
+    assert "INCOMPLETE" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model", "other/model"), ("seeds", [0, 1, 2]), ("gen_tokens", 200), ("pairs", 6),
+    ("dtype", "bfloat16"), ("weights_sha256", "beef"),
+])
+def test_shards_that_measured_different_things_are_refused(tmp_path: Path, field: str, value: Any) -> None:
+    cells = all_cells(sweep=False)
+    base = dict(PROVENANCE, weights_sha256="cafe")
+    a = write_run(tmp_path / "a", cells[:2], provenance=base)
+    b = write_run(tmp_path / "b", cells[2:], provenance={**base, field: value})
+    with pytest.raises(HarnessValueError) as info:
+        merge([a, b], tmp_path / "merged")
+    message = str(info.value)
+    assert repr(field) in message
+    assert repr(base[field]) in message and repr(value) in message
+    assert not (tmp_path / "merged").exists()
+
+
+def test_overlapping_identical_cells_merge_once(tmp_path: Path) -> None:
+    cells = all_cells(sweep=False)
+    a = write_run(tmp_path / "a", cells[:3])
+    b = write_run(tmp_path / "b", cells[2:])  # cells[2] in both, identical
+    out = merge([a, b], tmp_path / "merged")
+    assert len(_summary(out)["claims"]) == len(cells)
+
+
+def test_overlapping_conflicting_cells_are_refused(tmp_path: Path) -> None:
+    row, rows = cell("kv-only-fails", "original", verdict="refuted")
+    other = dict(row, efficiency=0.9, verdict="supported")
+    a = write_run(tmp_path / "a", [(row, rows)])
+    b = write_run(tmp_path / "b", [(other, rows)])
+    with pytest.raises(HarnessValueError, match=r"kv-only-fails \[original\].*efficiency.*verdict"):
+        merge([a, b], tmp_path / "merged")
+
+
+def test_nan_cells_in_two_shards_are_identical(tmp_path: Path) -> None:
+    nan = cell("l27-v-full-kv", "original", efficiency=math.nan, low=math.nan, high=math.nan)
+    a, b = write_run(tmp_path / "a", [nan]), write_run(tmp_path / "b", [nan])
+    out = merge([a, b], tmp_path / "merged")
+    assert _summary(out)["claims"][0]["efficiency"] is None
+
+
+def test_differing_sample_rows_keep_the_first_and_are_recorded(tmp_path: Path) -> None:
+    row, rows = cell("kv-only-fails", "original")
+    row2, rows2 = cell("kv-only-fails", "corrected")
+    changed = [dict(r, text="different") if r["arm"] == "baseline" and r["seed"] == 0 else r for r in rows]
+    a = write_run(tmp_path / "a", [(row, rows)])
+    b = write_run(tmp_path / "b", [(row2, rows2), (dict(row, claim="kv-only-fails-2"), changed)])
+    out = merge([a, b], tmp_path / "merged")
+    summary = _summary(out)
+    assert summary["result_conflicts"] == [["original", "p1", "baseline", 0], ["original", "p2", "baseline", 0]]
+    texts = [json.loads(line)["text"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert "different" not in texts
+    assert "differ between shards" in (out / "summary.md").read_text()
+
+
+def test_bad_inputs_are_refused(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", all_cells(sweep=False)[:1])
+    with pytest.raises(HarnessLookupError, match="no such run folder"):
+        merge([a, tmp_path / "missing"], tmp_path / "merged")
+    with pytest.raises(HarnessValueError, match="also a shard"):
+        merge([a], a)
+    with pytest.raises(HarnessValueError, match="given twice"):
+        merge([a, a], tmp_path / "merged")
+    with pytest.raises(HarnessValueError, match="no shard"):
+        merge([], tmp_path / "merged")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HarnessLookupError, match="not a run folder"):
+        merge([a, tmp_path / "empty"], tmp_path / "merged")
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shards = _shards(tmp_path, all_cells(sweep=False), n=2)
+    out = tmp_path / "merged"
+    assert main(["merge", *map(str, shards), "--out", str(out)]) == 0
+    assert "merged 2 shards, 6 claim cells (complete)" in capsys.readouterr().out
+    assert (out / "summary.md").exists()
+    assert main(["merge", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["merge", str(shards[0])])  # --out is required

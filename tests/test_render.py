@@ -1,0 +1,238 @@
+"""Rendering a run folder: summary.md layout, INCOMPLETE runs, NaN values, valid PNGs.
+
+Run folders are built by hand with the real RunWriter (no model is loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.errors import HarnessLookupError, HarnessValueError
+from harness.render import main, render
+from harness.report import RunWriter
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PROVENANCE = {"run_id": "20250101-000000", "model": "toy", "device": "cpu", "dtype": "float32",
+              "pairs": 2, "seeds": [0, 1], "gen_tokens": 8, "prompts": "bundled toy bank",
+              "command": "pytest claims/ | tee run.log"}
+LONG_TAIL = "TAIL-THAT-MUST-BE-CUT"
+
+
+def claim_row(claim: str, protocol: str, efficiency: float = 0.1, low: float = -0.1, high: float = 0.3,
+              verdict: str = "inconclusive", threshold: float = 0.2, direction: str = "below",
+              arm: str = "kv", kind_rv: bool = False) -> dict[str, Any]:
+    """A claim row as ClaimResult.row() plus the plugin's fields would give it."""
+    return {
+        "claim": claim, "protocol": protocol, "metric": "r_v" if kind_rv else "marker_score",
+        "efficiency": efficiency, "ci_low": low, "ci_high": high, "n_pairs": 2,
+        "n_seeds": 0 if kind_rv else 2, "verdict": verdict, "reason": f"reason for {claim}",
+        "threshold": threshold, "direction": direction, "kv_layers": "" if kind_rv else "all(4)",
+        "sites": "v_proj@27->L3" if not kind_rv else "v_proj@27->L3;v_proj@5->L1",
+        "changed_prefill": 12, "changed_decode": 0, "calls_prefill": 4, "calls_decode": 16,
+        "statement": f"Statement of {claim}.", "source_file": "seeds/finding.txt",
+        "source_quote": f"quote for {claim}", "arms": [] if kind_rv else ["baseline", "champion", arm],
+        "guards": [f"ok gap_floor: gap fine for {claim}", "FAILED patch_changed: decode changed nothing"],
+        "model": "toy", "outcome": "xfail", "expected": verdict,
+    }
+
+
+def sample_rows(protocol: str, arms: Iterable[str], pairs: Sequence[str] = ("p1", "p2"),
+                seeds: Sequence[int] = (0, 1)) -> list[dict[str, Any]]:
+    """One results row per pair x arm x seed; one long, multi-line text; a NaN metric."""
+    rows = []
+    for arm in arms:
+        for pair in pairs:
+            for seed in seeds:
+                text = f"{arm} {pair} seed{seed} the observer | observing `itself`\nagain"
+                if arm == "champion" and pair == pairs[0] and seed == 0:
+                    text += " word" * 80 + " " + LONG_TAIL
+                rows.append({"protocol": protocol, "pair": pair, "arm": arm, "seed": seed,
+                             "n_tokens": 8, "text": text, "marker_score": 2.0, "marker_rate": 0.25,
+                             "distinct_2": 0.9, "echo_rate": None})
+    return rows
+
+
+def cell(claim: str, protocol: str, **kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    row = claim_row(claim, protocol, **kw)
+    return row, sample_rows(protocol, row["arms"])
+
+
+def all_cells(sweep: bool = True) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """A few claims under two protocols: ordinary, NaN, rv, and (optionally) a partial-KV sweep."""
+    cells = []
+    for protocol in ("original", "corrected"):
+        cells.append(cell("kv-only-fails", protocol, verdict="refuted"))
+        cells.append(cell("l27-v-full-kv", protocol, efficiency=math.nan, low=math.nan, high=math.nan,
+                          verdict="invalid", threshold=0.8, direction="above", arm="kv+v_proj@27"))
+        cells.append(cell("rv-contraction", protocol, efficiency=-0.4, low=-0.6, high=-0.2,
+                          verdict="supported", threshold=0.0, kind_rv=True))
+        if sweep:
+            for block in ("prefix", "suffix"):
+                for k in (8, 16, 24):
+                    nan = block == "suffix" and k == 16 and protocol == "corrected"
+                    eff = math.nan if nan else k / 32 + (0.1 if block == "prefix" else -0.1)
+                    cells.append(cell(f"partial-kv-{block}-{k}", protocol, efficiency=eff, low=eff - 0.2,
+                                      high=eff + 0.15, verdict="inconclusive", threshold=0.5,
+                                      direction="above", arm=f"kv[{block}{k}]"))
+    return cells
+
+
+def write_run(directory: Path, cells: Iterable[tuple[dict, list[dict]]], complete: bool = True,
+              provenance: dict[str, Any] | None = None) -> Path:
+    """A run folder as the plugin writes it, through the real RunWriter."""
+    writer = RunWriter(directory, dict(provenance or PROVENANCE))
+    for row, rows in cells:
+        writer.add(row, rows)
+    writer.close(complete=complete)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Rendered once per module: drawing the plots is the slow part."""
+    path = write_run(tmp_path_factory.mktemp("render") / "run", all_cells())
+    render(path)
+    return path
+
+
+def _md(path: Path) -> str:
+    return (path / "summary.md").read_text(encoding="utf-8")
+
+
+def test_summary_starts_with_title_and_the_table_comes_before_the_sections(run_dir: Path) -> None:
+    md = _md(run_dir)
+    lines = md.splitlines()
+    assert lines[0] == "# Claims report: toy"
+    header = next(i for i, line in enumerate(lines) if line.startswith("| claim"))
+    assert "verdict" in lines[header] and "95% interval" in lines[header] and "mapped layers/sites" in lines[header]
+    assert re.match(r"^\|[-|: ]+\|$", lines[header + 1]), "not a github table separator"
+    first_section = next(i for i, line in enumerate(lines) if line.startswith("### "))
+    assert header < first_section
+    table = lines[header + 2: next(i for i in range(header, len(lines)) if not lines[i].startswith("|"))]
+    assert len(table) == len(all_cells())  # one row per claim x protocol
+    assert lines.index("## Provenance") > first_section
+
+
+def test_table_rows_show_values_and_nan_as_na(run_dir: Path) -> None:
+    rows = [line for line in _md(run_dir).splitlines() if line.startswith("| l27-v-full-kv")]
+    assert len(rows) == 2 and all("n/a" in r and "invalid" in r for r in rows)
+    kv = next(line for line in _md(run_dir).splitlines() if line.startswith("| kv-only-fails"))
+    assert "0.1" in kv and "[-0.1, 0.3]" in kv and "refuted" in kv and "kv all(4); v_proj@27->L3" in kv
+
+
+def test_claim_sections_say_what_why_and_show_samples(run_dir: Path) -> None:
+    md = _md(run_dir)
+    section = md.split("### kv-only-fails [original]")[1].split("### ")[0]
+    assert "> Statement of kv-only-fails." in section
+    assert '`seeds/finding.txt`: "quote for kv-only-fails"' in section
+    assert "Arms: baseline, champion, kv" in section
+    assert "[-0.1, 0.3]" in section and "below 0.2" in section
+    assert "**refuted**" in section and "reason for kv-only-fails" in section
+    assert "FAILED patch_changed: decode changed nothing" in section
+    assert "prefill 4 calls, 12 values changed; decode 16 calls, 0 values changed" in section
+    for arm in ("baseline", "champion", "kv"):
+        block = section.split(f"Sample generations, {arm}:")[1].split("```\n")[0]
+        samples = [line for line in block.splitlines() if " seed " in line]
+        assert 2 <= len(samples) <= 3
+        assert all(line.startswith(("p1 seed 0", "p2 seed 0", "p1 seed 1")) for line in samples)
+    assert LONG_TAIL not in md  # truncated to about 200 characters
+    assert "…" in section
+    assert "seed1 the observer | observing `itself` again" in section  # one line, backticks fenced
+
+
+def test_provenance_is_a_table(run_dir: Path) -> None:
+    prov = _md(run_dir).split("## Provenance")[1]
+    assert "| field" in prov and "| seeds" in prov and "0, 1" in prov and "| gen_tokens" in prov
+    table = [line for line in prov.splitlines() if line.startswith("|")]
+    # An escaped pipe keeps the column count: every row splits into the same cells.
+    assert {len(re.split(r"(?<!\\)\|", line)) for line in table} == {4}
+    assert "pytest claims/ \\| tee run.log" in prov
+
+
+def test_incomplete_run_is_marked_with_the_number_finished(tmp_path: Path) -> None:
+    cells = all_cells(sweep=False)[:4]
+    path = write_run(tmp_path / "run", cells, complete=False)
+    render(path)
+    head = "\n".join(_md(path).splitlines()[:4])
+    assert "INCOMPLETE" in head and "only 3 claims (4 claim x protocol cells)" in head
+    done = write_run(tmp_path / "done", cells, complete=True)
+    render(done)
+    assert "INCOMPLETE" not in _md(done)
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 5000, f"{path.name}: {len(data)} bytes, suspiciously small"
+
+
+def test_plots_are_valid_pngs(run_dir: Path) -> None:
+    _assert_png(run_dir / "efficiency.png")
+    _assert_png(run_dir / "layer_sweep.png")
+    md = _md(run_dir)
+    assert "![efficiency](efficiency.png)" in md and "![layer_sweep](layer_sweep.png)" in md
+
+
+def test_no_sweep_plot_without_partial_kv_claims(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "run", all_cells(sweep=False))
+    (path / "layer_sweep.png").write_bytes(b"stale")  # from earlier data: must not survive
+    render(path)
+    _assert_png(path / "efficiency.png")
+    assert not (path / "layer_sweep.png").exists()
+    assert "layer_sweep" not in _md(path)
+
+
+def test_all_nan_values_do_not_crash(tmp_path: Path) -> None:
+    nan = dict(efficiency=math.nan, low=math.nan, high=math.nan, threshold=math.nan)
+    cells = [cell("partial-kv-prefix-8", "original", **nan), cell("kv-only-fails", "original", **nan)]
+    path = write_run(tmp_path / "run", cells)
+    render(path)
+    assert (path / "efficiency.png").read_bytes()[:8] == PNG_MAGIC
+    assert (path / "layer_sweep.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_results_with_a_cut_last_line_render_and_a_corrupt_middle_line_is_refused(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "run", all_cells(sweep=False))
+    results = path / "results.jsonl"
+    results.write_text(results.read_text() + '{"protocol": "orig', encoding="utf-8")
+    render(path)  # a run killed mid-write
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(HarnessValueError, match=r"results.jsonl:2"):
+        render(path)
+
+
+def test_not_a_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(HarnessLookupError, match="not a run folder"):
+        render(tmp_path)
+
+
+def test_summary_json_missing_falls_back_to_claims_csv(tmp_path: Path) -> None:
+    path = write_run(tmp_path / "run", all_cells(sweep=False))
+    (path / "summary.json").unlink()
+    render(path)
+    md = _md(path)
+    assert "INCOMPLETE" in md and md.count("| kv-only-fails") == 2
+
+
+def test_cli(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (run_dir / "summary.md").unlink()
+    assert main([str(run_dir)]) == 0
+    assert (run_dir / "summary.md").exists()
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_importing_render_loads_no_plotting_library() -> None:
+    code = "import sys, harness.render; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'tabulate', 'torch'))))"
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
