@@ -35,7 +35,9 @@ __all__ = ["MUST_MATCH", "result_key", "normalize", "merge", "main"]
 #: Provenance fields that determine the numbers: shards that differ here measured
 #: different things and cannot be one run. Fields naming a weights hash
 #: (containing "hash" or "sha") are checked too.
-MUST_MATCH = ("model", "dtype", "seeds", "gen_tokens", "pairs", "prompts", "profile")
+MUST_MATCH = ("model", "dtype", "seeds", "gen_tokens", "pairs", "prompts", "profile", "n_layers", "protocols")
+#: Lists of what went wrong per shard: the merged run has them all.
+_UNION = ("missing",)
 _RESULT_KEY = ("protocol", "pair", "arm", "seed")
 
 
@@ -103,13 +105,17 @@ def _check_provenance(runs: Sequence[Run]) -> None:
 
 
 def _merged_provenance(runs: Sequence[Run]) -> dict[str, Any]:
-    """Fields the shards agree on keep their value; the others (run id, command, device)
-    become the list of the shards' values, in shard order."""
+    """Fields the shards agree on keep their value; the others (run id, command, device,
+    shard) become the list of the shards' values, in shard order; ``missing`` (tests that
+    produced no row) is the union of the shards' lists."""
     keys = dict.fromkeys(k for r in runs for k in r.provenance)
     out: dict[str, Any] = {}
     for key in keys:
         values = [r.provenance.get(key) for r in runs]
-        out[key] = values[0] if all(v == values[0] for v in values) else values
+        if key in _UNION:
+            out[key] = sorted({str(x) for v in values if isinstance(v, list) for x in v})
+        else:
+            out[key] = values[0] if all(v == values[0] for v in values) else values
     return out
 
 

@@ -80,28 +80,21 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 
 def _number(value: str, kind: type) -> Any:
-    if value == "":
-        return None
     try:
         return kind(value)
-    except ValueError:
+    except ValueError:  # e.g. "1.0" in an int column; a non-number stays text
         return float(value) if kind is int else value
 
 
 def _read_claims_csv(path: Path) -> list[dict[str, Any]]:
+    """Claim rows from claims.csv, typed like summary.json's (empty cell -> None)."""
     with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    out = []
+        rows: list[dict[str, Any]] = list(csv.DictReader(handle))
     for row in rows:
-        typed: dict[str, Any] = {k: (v if v != "" else None) for k, v in row.items()}
-        for col in _FLOAT_COLUMNS:
-            if col in row:
-                typed[col] = _number(row[col], float)
-        for col in _INT_COLUMNS:
-            if col in row:
-                typed[col] = _number(row[col], int)
-        out.append(typed)
-    return out
+        for col, value in row.items():
+            kind = float if col in _FLOAT_COLUMNS else int if col in _INT_COLUMNS else None
+            row[col] = None if value == "" else _number(value, kind) if kind else value
+    return rows
 
 
 def _key(row: Mapping[str, Any]) -> tuple[str, str]:
@@ -185,6 +178,14 @@ def _cell(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
+def _prov_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(json.dumps(v, default=str) if isinstance(v, (dict, list)) else _fmt(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, default=str, sort_keys=True)
+    return _fmt(value)
+
+
 def _claims_table(claims: Sequence[Mapping[str, Any]]) -> str:
     from tabulate import tabulate
 
@@ -250,6 +251,12 @@ def summary_markdown(run: Run, plots: Sequence[str] = ()) -> str:
     else:
         out += [f"> **INCOMPLETE RUN**: the run did not finish; only {n_claims} claims "
                 f"({n_cells} claim x protocol cells) finished. Verdicts below cover those only.", ""]
+        missing = run.provenance.get("missing") or []
+        if run.provenance.get("stopped"):
+            out += [f"Stopped: {_prov_value(run.provenance['stopped'])}.", ""]
+        if missing:
+            out += [f"Claim tests that failed without a result ({len(missing)}): "
+                    + ", ".join(f"`{m}`" for m in missing), ""]
     if run.extra.get("shards"):
         out += [f"Merged from {len(run.extra['shards'])} shards: {', '.join(map(str, run.extra['shards']))}.", ""]
     if run.extra.get("result_conflicts"):
@@ -261,8 +268,7 @@ def summary_markdown(run: Run, plots: Sequence[str] = ()) -> str:
     out += ["## Claims in detail", ""]
     for row in run.claims:
         out += _claim_section(row, run.results)
-    prov = [[_cell(k), _cell(", ".join(map(str, v)) if isinstance(v, list) else _fmt(v))]
-            for k, v in run.provenance.items()]
+    prov = [[_cell(k), _cell(_prov_value(v))] for k, v in run.provenance.items()]
     out += ["## Provenance", "",
             tabulate(prov, headers=["field", "value"], tablefmt="github", disable_numparse=True)
             if prov else "No provenance recorded.", ""]

@@ -88,13 +88,23 @@ def test_merged_run_is_complete_only_if_every_shard_is(tmp_path: Path) -> None:
     assert "INCOMPLETE" in (out / "summary.md").read_text()
 
 
+def test_tests_without_a_row_are_collected_from_every_shard(tmp_path: Path) -> None:
+    cells = all_cells(sweep=False)
+    a = write_run(tmp_path / "a", cells[:2], complete=False, provenance=dict(PROVENANCE, missing=["claims/x.py::t[1]"]))
+    b = write_run(tmp_path / "b", cells[2:3], complete=False, provenance=dict(PROVENANCE, missing=["claims/a.py::t"]))
+    c = write_run(tmp_path / "c", cells[3:])
+    out = merge([a, b, c], tmp_path / "merged")
+    assert _summary(out)["provenance"]["missing"] == ["claims/a.py::t", "claims/x.py::t[1]"]
+    assert "Claim tests that failed without a result (2)" in (out / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("field, value", [
     ("model", "other/model"), ("seeds", [0, 1, 2]), ("gen_tokens", 200), ("pairs", 6),
-    ("dtype", "bfloat16"), ("weights_sha256", "beef"),
+    ("dtype", "bfloat16"), ("weights_sha256", "beef"), ("protocols", {"original": {"temperature": 1.0}}),
 ])
 def test_shards_that_measured_different_things_are_refused(tmp_path: Path, field: str, value: Any) -> None:
     cells = all_cells(sweep=False)
-    base = dict(PROVENANCE, weights_sha256="cafe")
+    base = dict(PROVENANCE, weights_sha256="cafe", protocols={"original": {"temperature": 0.8}})
     a = write_run(tmp_path / "a", cells[:2], provenance=base)
     b = write_run(tmp_path / "b", cells[2:], provenance={**base, field: value})
     with pytest.raises(HarnessValueError) as info:
