@@ -102,7 +102,7 @@ class Site:
 
 
 def parse_site(text: str) -> Site:
-    """Parse ``"kind@layer"`` (e.g. ``"v_proj@27"``) into a :class:`Site`.
+    """Parse ``"kind@layer"`` (e.g. ``"v_proj@27"``, case-insensitive kind) into a :class:`Site`.
 
     Raises HarnessLookupError for an unknown kind (with a did-you-mean hint) and
     HarnessValueError for malformed text. The layer's range against the source
@@ -113,7 +113,8 @@ def parse_site(text: str) -> Site:
     if not isinstance(text, str):
         raise HarnessValueError(f"a site must be a string like 'v_proj@27', got {text!r}")
     kind, sep, layer_text = text.strip().partition("@")
-    kind, layer_text = kind.strip(), layer_text.strip()
+    # Findings write sites in capitals ("V_PROJ at layer 27"): kinds are case-insensitive.
+    kind, layer_text = kind.strip().lower(), layer_text.strip()
     if not sep or not kind or not layer_text:
         raise HarnessValueError(f"malformed site {text!r}; expected 'kind@layer', e.g. 'v_proj@27'")
     if kind not in SITE_KINDS:

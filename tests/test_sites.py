@@ -44,6 +44,7 @@ def test_parse_site_round_trips(kind: str, layer: int) -> None:
     assert site == Site(kind, layer)
     assert str(site) == f"{kind}@{layer}"
     assert parse_site(f"  {kind} @ {layer} ") == site
+    assert parse_site(f"{kind.upper()}@{layer}") == site
 
 
 def test_unknown_site_kind_suggests_the_closest() -> None:
