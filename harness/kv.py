@@ -278,7 +278,11 @@ def splice(
       target's last n slots, keys re-rotated from their source positions to the
       new ones with the model's own rotary embedding (a rotation by
       ``len_t - len_s``), values copied; the target's BOS (slot 0) is kept.
-      Needs ``rotary_emb`` (``model.model.rotary_emb``).
+      Needs ``rotary_emb`` (``model.model.rotary_emb``). Distances among the
+      moved tokens, and from them to new tokens, are exact; their distance to
+      BOS is not: beyond layer 0 their KV were computed with the source's own
+      distance to BOS, so this is not a prefill of the source at shifted
+      positions (it is, exactly, when BOS is masked out or the model has one layer).
     """
     if align not in ALIGNMENTS:
         raise HarnessLookupError(
