@@ -22,6 +22,7 @@ Command line (meant to be reached as ``python -m harness.report merge``)::
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -33,11 +34,12 @@ from harness.render import Run, load_run, read_results, render
 __all__ = ["MUST_MATCH", "result_key", "normalize", "merge", "main"]
 
 #: Provenance fields that determine the numbers: shards that differ here measured
-#: different things and cannot be one run. Fields naming a weights hash
-#: (containing "hash" or "sha") are checked too.
+#: different things and cannot be one run. Fields naming a hash (weights_sha256,
+#: tokenizer_sha256, ...) are checked too.
 MUST_MATCH = ("model", "dtype", "seeds", "gen_tokens", "pairs", "prompts", "profile", "n_layers", "protocols")
 #: Lists of what went wrong per shard: the merged run has them all.
 _UNION = ("missing",)
+_HASH_FIELD = re.compile(r"hash|sha\d+|_sha\b")
 _RESULT_KEY = ("protocol", "pair", "arm", "seed")
 
 
@@ -88,7 +90,7 @@ def normalize(run_dir: Path) -> None:
 
 def _must_match(provenances: Sequence[Mapping[str, Any]]) -> list[str]:
     keys = dict.fromkeys(k for p in provenances for k in p)
-    hashes = [k for k in keys if "hash" in k.lower() or "sha" in k.lower()]
+    hashes = [k for k in keys if _HASH_FIELD.search(k.lower())]
     return list(MUST_MATCH) + [k for k in hashes if k not in MUST_MATCH]
 
 
@@ -117,6 +119,27 @@ def _merged_provenance(runs: Sequence[Run]) -> dict[str, Any]:
         else:
             out[key] = values[0] if all(v == values[0] for v in values) else values
     return out
+
+
+def _missing_shards(runs: Sequence[Run]) -> list[str]:
+    """Slices I/N of the split that no folder covers (a shard that crashed before writing).
+
+    Checked only when every folder records its ``--shard``; two folders of the same
+    slice, or of splits into different N, are refused.
+    """
+    slices = [r.provenance.get("shard") for r in runs]
+    if not slices or not all(isinstance(s, str) and "/" in s for s in slices):
+        return []
+    counts = {s.split("/")[1] for s in slices}
+    if len(counts) > 1:
+        raise HarnessValueError(f"merge: shards of different splits ({', '.join(sorted(set(slices)))})")
+    seen: dict[str, str] = {}
+    for run, s in zip(runs, slices):
+        if s in seen:
+            raise HarnessValueError(f"merge: shard {s} given twice ({seen[s]} and {run.directory.name})")
+        seen[s] = run.directory.name
+    n = counts.pop()
+    return [f"{i}/{n}" for i in range(1, int(n) + 1) if f"{i}/{n}" not in seen]
 
 
 def _merged_claims(runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -150,6 +173,8 @@ def merge(dirs: Sequence[Path], out: Path) -> Path:
     shards with different values. Sample rows of the same (protocol, pair, arm, seed)
     that differ between shards (non-deterministic kernels on different devices) keep the
     first shard's row; their keys are listed under ``result_conflicts`` in summary.json.
+    When the folders record their ``--shard I/N``, a slice with no folder makes the merged
+    run incomplete (``missing_shards``).
     """
     from harness.report import RunWriter
 
@@ -165,6 +190,7 @@ def merge(dirs: Sequence[Path], out: Path) -> Path:
         raise HarnessValueError("merge: the same shard folder is given twice")
     runs = [load_run(d) for d in dirs]
     _check_provenance(runs)
+    missing_shards = _missing_shards(runs)
     claims = _merged_claims(runs)
     results, conflicts = _dedupe_sorted(r for run in runs for r in run.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,8 +199,11 @@ def merge(dirs: Sequence[Path], out: Path) -> Path:
     writer = RunWriter(out, provenance)  # its CSV writer, so the merged claims.csv is byte-identical
     writer.claims = claims
     writer.write_claims()
-    summary: dict[str, Any] = {"complete": all(r.complete for r in runs), "provenance": provenance,
+    complete = all(r.complete for r in runs) and not missing_shards
+    summary: dict[str, Any] = {"complete": complete, "provenance": provenance,
                                "claims": claims, "shards": [d.name for d in dirs]}
+    if missing_shards:
+        summary["missing_shards"] = missing_shards
     if conflicts:
         summary["result_conflicts"] = [list(k) for k in conflicts]
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False, default=str))

@@ -251,6 +251,8 @@ def summary_markdown(run: Run, plots: Sequence[str] = ()) -> str:
     else:
         out += [f"> **INCOMPLETE RUN**: the run did not finish; only {n_claims} claims "
                 f"({n_cells} claim x protocol cells) finished. Verdicts below cover those only.", ""]
+        if run.extra.get("missing_shards"):
+            out += [f"Shards with no report folder: {', '.join(run.extra['missing_shards'])}.", ""]
         missing = run.provenance.get("missing") or []
         if run.provenance.get("stopped"):
             out += [f"Stopped: {_prov_value(run.provenance['stopped'])}.", ""]

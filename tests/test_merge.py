@@ -20,7 +20,7 @@ from test_render import PNG_MAGIC, PROVENANCE, all_cells, cell, write_run
 def _shards(tmp_path: Path, cells: list, n: int = 2, complete: bool = True) -> list[Path]:
     """Deal the cells round-robin to n shards, each with its own run id (as separate runs have)."""
     return [write_run(tmp_path / f"shard-{i}", cells[i::n], complete=complete,
-                      provenance=dict(PROVENANCE, run_id=f"run-{i}", device=f"cuda:{i}"))
+                      provenance=dict(PROVENANCE, run_id=f"run-{i}", device=f"cuda:{i}", shard=f"{i + 1}/{n}"))
             for i in range(n)]
 
 
@@ -42,7 +42,7 @@ def test_merged_shards_equal_a_single_run(tmp_path: Path) -> None:
     assert merged_rows < shard_rows  # baseline and champion rows were in every shard, once now
     merged, one = _summary(out), _summary(single)
     assert merged["claims"] == one["claims"] and merged["complete"] is True
-    assert merged["shards"] == ["shard-0", "shard-1", "shard-2"]
+    assert merged["shards"] == ["shard-0", "shard-1", "shard-2"] and "missing_shards" not in merged
     assert merged["provenance"]["model"] == "toy" and merged["provenance"]["seeds"] == [0, 1]
     assert merged["provenance"]["run_id"] == ["run-0", "run-1", "run-2"]  # differs: kept per shard
     assert "result_conflicts" not in merged
@@ -86,6 +86,20 @@ def test_merged_run_is_complete_only_if_every_shard_is(tmp_path: Path) -> None:
     out = merge([done, stopped], tmp_path / "merged")
     assert _summary(out)["complete"] is False
     assert "INCOMPLETE" in (out / "summary.md").read_text()
+
+
+def test_a_shard_without_a_folder_makes_the_merge_incomplete(tmp_path: Path) -> None:
+    shards = _shards(tmp_path, all_cells(sweep=False), n=3)
+    out = merge([shards[0], shards[2]], tmp_path / "merged")
+    summary = _summary(out)
+    assert summary["complete"] is False and summary["missing_shards"] == ["2/3"]
+    assert "Shards with no report folder: 2/3" in (out / "summary.md").read_text()
+    rerun = write_run(tmp_path / "again", all_cells(sweep=False)[:1], provenance=dict(PROVENANCE, shard="1/3"))
+    with pytest.raises(HarnessValueError, match="shard 1/3 given twice"):
+        merge([shards[0], rerun], tmp_path / "merged2")
+    other = write_run(tmp_path / "other", all_cells(sweep=False)[1:2], provenance=dict(PROVENANCE, shard="2/4"))
+    with pytest.raises(HarnessValueError, match="different splits"):
+        merge([shards[0], other], tmp_path / "merged3")
 
 
 def test_tests_without_a_row_are_collected_from_every_shard(tmp_path: Path) -> None:
