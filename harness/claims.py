@@ -47,8 +47,12 @@ METRICS: dict[str, Callable[[str, Any], float]] = {
     "distinct_2": lambda text, pair: distinct_2(text),
     "echo_rate": lambda text, pair: echo_rate(text, pair.champion),
 }
+#: Per-pair metrics computed from the model, not from sampled text: teacher-forced mean
+#: log-probability, under an arm, of the champion's own greedy continuation.
+PAIR_METRICS = ("champion_logprob",)
 #: Smallest champion-baseline gap for which an efficiency is defined, per metric.
-FLOORS = {"marker_score": 1.0, "marker_rate": 0.05, "distinct_2": 0.05, "echo_rate": 0.05}
+FLOORS = {"marker_score": 1.0, "marker_rate": 0.05, "distinct_2": 0.05, "echo_rate": 0.05,
+          "champion_logprob": 0.1}
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,10 @@ class Claim:
         if self.kind not in KINDS:
             raise HarnessLookupError(f"claim {self.id}: kind {self.kind!r}; expected one of {', '.join(KINDS)}."
                                      + did_you_mean(self.kind, KINDS))
-        if self.metric not in METRICS and self.kind != "rv":
+        known = (*METRICS, *PAIR_METRICS)
+        if self.metric not in known and self.kind != "rv":
             raise HarnessLookupError(f"claim {self.id}: unknown metric {self.metric!r}; expected one of "
-                                     f"{', '.join(METRICS)}." + did_you_mean(self.metric, METRICS))
+                                     f"{', '.join(known)}." + did_you_mean(self.metric, known))
         if self.direction not in DIRECTIONS:
             raise HarnessValueError(f"claim {self.id}: direction {self.direction!r}; expected 'above' or 'below'")
         if self.kind != "rv" and self.arm is None:
@@ -155,6 +160,14 @@ class ArmCache:
             self._done[key] = self.runner.run(pair, arm, protocol, seeds)
         return self._done[key]
 
+    def logprob(self, pair: Any, arm: str | Intervention, protocol: Protocol) -> float:
+        """Teacher-forced mean log-probability of the champion's greedy continuation under ``arm``."""
+        key = ("logprob", pair.id, pair.baseline, pair.champion, arm, protocol)
+        if key not in self._done:
+            continuation = self.runner.champion_continuation(pair, protocol)
+            self._done[key] = self.runner.continuation_logprob(pair, arm, protocol, continuation)
+        return self._done[key]
+
 
 def _metric_by_pair(results: Mapping[str, ArmResult], metric: str, pairs: Mapping[str, Any]) -> dict[str, float]:
     fn = METRICS[metric]
@@ -171,9 +184,13 @@ def _efficiencies(claim: Claim, arm: Intervention, cache: ArmCache, pairs: Seque
     by_id = {p.id: p for p in pairs}
     runs = {name: {p.id: cache.get(p, name, protocol, seeds) for p in pairs} for name in ("baseline", "champion")}
     arm_runs = {p.id: cache.get(p, arm, protocol, seeds) for p in pairs}
-    base = _metric_by_pair(runs["baseline"], claim.metric, by_id)
-    champ = _metric_by_pair(runs["champion"], claim.metric, by_id)
-    value = _metric_by_pair(arm_runs, claim.metric, by_id)
+    if claim.metric in PAIR_METRICS:
+        base, champ, value = ({p.id: cache.logprob(p, a, protocol) for p in pairs}
+                              for a in ("baseline", "champion", arm))
+    else:
+        base = _metric_by_pair(runs["baseline"], claim.metric, by_id)
+        champ = _metric_by_pair(runs["champion"], claim.metric, by_id)
+        value = _metric_by_pair(arm_runs, claim.metric, by_id)
     floor = FLOORS[claim.metric]
     gaps = {pid: champ[pid] - base[pid] for pid in by_id}
     effs = {pid: efficiency(value[pid], base[pid], champ[pid], floor) for pid in by_id}

@@ -23,14 +23,15 @@ Two built-in protocols (see DESIGN.md):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
-from harness.kv import cache_kwarg, prefill, resolve_layers, splice
+from harness.kv import cache_kwarg, output_cache, prefill, resolve_layers, splice
 from harness.patches import PatchCount, PatchSpec, install, norm_matched_random, record, source_site
 from harness.sites import map_layer, parse_site
 
@@ -171,6 +172,7 @@ class Runner:
         self._ids: dict[str, torch.Tensor] = {}
         self._caches: dict[str, Any] = {}
         self._acts: dict[tuple[str, Any], torch.Tensor] = {}
+        self._greedy: dict[tuple[str, int], tuple[int, ...]] = {}
 
     # -- per-prompt data, computed once ---------------------------------------
     def ids(self, text: str) -> torch.Tensor:
@@ -196,16 +198,100 @@ class Runner:
         seeds = tuple(int(s) for s in seeds)
         if not seeds:
             raise HarnessValueError("no seeds given; pass at least one seed")
+        with self._armed(pair, arm, protocol) as state:
+            rows = self._sample(state.input_ids, state.snapshot, protocol, seeds, state.top_k)
+        texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
+        counts = tuple(c for h in state.handles for c in h.counts)
+        return ArmResult(pair.id, state.name, protocol.name, seeds, tuple(tuple(r) for r in rows), texts,
+                         patch_counts=counts, kv_layers=state.kv_layers,
+                         declared_phases=protocol.patch_phases if state.handles else ())
+
+    def continuation_logprob(self, pair: Any, arm: str | Intervention, protocol: Protocol,
+                             continuation: Sequence[int]) -> float:
+        """Mean log-probability, teacher-forced under ``arm``, of the tokens ``continuation``.
+
+        Tokens are fed one per step through the KV cache, exactly as decoding
+        would feed them, so decode-phase patches act as they do when sampling.
+        """
+        if not continuation:
+            raise HarnessValueError("empty continuation: nothing to score")
+        kw = cache_kwarg(self.model)
+        total = 0.0
+        with self._armed(pair, arm, protocol) as state, torch.no_grad():
+            snap = state.snapshot
+            if snap is None:
+                snap = prefill(self.model, state.input_ids[:, :-1])[1]
+            cache, step = snap.to_cache(), state.input_ids[:, snap.seq_len:]
+            for token in continuation:
+                out = self.model(input_ids=step, use_cache=True, **{kw: cache})
+                total += float(torch.log_softmax(out.logits[0, -1].float(), -1)[token])
+                cache, step = output_cache(out), torch.tensor([[token]], device=self.device)
+        return total / len(continuation)
+
+    def champion_continuation(self, pair: Any, protocol: Protocol) -> tuple[int, ...]:
+        """The champion's own greedy continuation of ``protocol.gen_tokens`` tokens."""
+        key = (pair.champion, protocol.gen_tokens)
+        if key not in self._greedy:
+            greedy = protocol.with_(greedy=True, refeed_last=False)
+            self._greedy[key] = self.run(pair, "champion", greedy, (0,)).tokens[0]
+        return self._greedy[key]
+
+    @contextmanager
+    def _armed(self, pair: Any, arm: str | Intervention, protocol: Protocol) -> Iterator[_ArmState]:
+        """Set an arm up: prefill, splice, patches installed; removed on exit.
+
+        Yields the ids to continue from and the cache snapshot that covers all
+        but their uncached tail (None: start from the bare prompt).
+        """
         if arm in ("baseline", "champion"):
-            text = pair.baseline if arm == "baseline" else pair.champion
-            return self._reference(pair, arm, text, protocol, seeds)
+            ids = self.ids(pair.baseline if arm == "baseline" else pair.champion)
+            snap = None if protocol.refeed_last else self._prefix_cache(ids)
+            yield _ArmState(str(arm), ids, snap, protocol.reference_top_k)
+            return
         if not isinstance(arm, Intervention):
             raise HarnessLookupError(f"unknown arm {arm!r}; expected 'baseline', 'champion' or an Intervention")
-        return self._intervention(pair, arm, protocol, seeds)
+        specs = [
+            PatchSpec(parse_site(p), phases=protocol.patch_phases, window=protocol.window,
+                      decode_source=protocol.decode_source, mode=protocol.patch_mode)
+            for p in arm.patches
+        ]
+        sources = self._sources(pair, specs, arm)
+        kv_layers = self._kv_layers(arm)
+        ids_b = self.ids(pair.baseline)
 
-    def _sample(self, input_ids: torch.Tensor, cache: Any, protocol: Protocol, seeds: tuple[int, ...], top_k: int | None) -> list[list[int]]:
+        def spliced(target: Any) -> Any:
+            if not kv_layers:
+                return target
+            return splice(target, self.cache(pair.champion), kv_layers, protocol.align,
+                          rotary_emb=self.layout.rotary_emb)
+
+        with install(self.model, self.layout, specs, sources, prompt_len=ids_b.shape[1]) as handles:
+            if protocol.refeed_last:
+                # The original: the full prefill ran before the hooks existed (the cached
+                # baseline pass), then the splice, then the last token is fed again.
+                snap = spliced(self.cache(pair.baseline))
+                ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
+            else:
+                snap, ids = spliced(self._prefix_cache(ids_b)), ids_b
+            yield _ArmState(arm.name, ids, snap, protocol.top_k, tuple(handles), kv_layers)
+
+    def _prefix_cache(self, ids: torch.Tensor) -> Any:
+        """Cache of the prompt without its last token (computed under any installed patches)."""
+        return prefill(self.model, ids[:, :-1])[1]
+
+    def _kv_layers(self, arm: Intervention) -> tuple[int, ...]:
+        if arm.kv_layers is None:
+            return ()
+        n_layers = self.layout.n_layers
+        if arm.kv_layers == "all":
+            return resolve_layers("all", n_layers)
+        return resolve_layers([map_layer(layer, n_layers) for layer in arm.kv_layers], n_layers)
+
+    def _sample(self, input_ids: torch.Tensor, cache: Any, protocol: Protocol, seeds: tuple[int, ...],
+                top_k: int | None) -> list[list[int]]:
         n = len(seeds)
         batch = input_ids.expand(n, -1)
+        pad = self.tokenizer.pad_token_id
         kwargs: dict[str, Any] = {
             "input_ids": batch,
             "attention_mask": torch.ones_like(batch),
@@ -213,7 +299,7 @@ class Runner:
             "min_new_tokens": 0 if protocol.stop_at_eos else protocol.gen_tokens,
             "do_sample": False,
             "num_beams": 1,
-            "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
+            "pad_token_id": pad if pad is not None else self.tokenizer.eos_token_id,
             "eos_token_id": self.tokenizer.eos_token_id if protocol.stop_at_eos else None,
         }
         if cache is not None:
@@ -228,20 +314,6 @@ class Runner:
             rows = [r[: r.index(eos) + 1] if eos in r else r for r in rows]
         return rows
 
-    def _result(self, pair: Any, arm: str, protocol: Protocol, seeds: tuple[int, ...], rows: list[list[int]], **extra: Any) -> ArmResult:
-        texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
-        return ArmResult(pair.id, arm, protocol.name, seeds, tuple(tuple(r) for r in rows), texts, **extra)
-
-    def _reference(self, pair: Any, arm: str, text: str, protocol: Protocol, seeds: tuple[int, ...]) -> ArmResult:
-        ids = self.ids(text)
-        if protocol.refeed_last:
-            rows = self._sample(ids, None, protocol, seeds, protocol.reference_top_k)
-        else:
-            with torch.no_grad():
-                _, snap = prefill(self.model, ids[:, :-1])
-            rows = self._sample(ids, snap, protocol, seeds, protocol.reference_top_k)
-        return self._result(pair, arm, protocol, seeds, rows)
-
     def _sources(self, pair: Any, specs: list[PatchSpec], intervention: Intervention) -> dict[PatchSpec, torch.Tensor]:
         sources = {}
         for i, spec in enumerate(specs):
@@ -251,38 +323,12 @@ class Runner:
             sources[spec] = act
         return sources
 
-    def _intervention(self, pair: Any, iv: Intervention, protocol: Protocol, seeds: tuple[int, ...]) -> ArmResult:
-        n_layers = self.layout.n_layers
-        specs = [
-            PatchSpec(parse_site(p), phases=protocol.patch_phases, window=protocol.window,
-                      decode_source=protocol.decode_source, mode=protocol.patch_mode)
-            for p in iv.patches
-        ]
-        sources = self._sources(pair, specs, iv)
-        kv_layers: tuple[int, ...] = ()
-        if iv.kv_layers is not None:
-            layers = "all" if iv.kv_layers == "all" else [map_layer(l, n_layers) for l in iv.kv_layers]
-            kv_layers = resolve_layers(layers, n_layers)
-        ids_b = self.ids(pair.baseline)
-        champion_cache = self.cache(pair.champion)
-        rotary = self.layout.rotary_emb
 
-        def spliced(target: Any) -> Any:
-            if not kv_layers:
-                return target
-            return splice(target, champion_cache, kv_layers, protocol.align, rotary_emb=rotary)
-
-        if protocol.refeed_last:
-            # The original: prefill, splice, hooks registered only afterwards, re-feed last token.
-            snap = spliced(self.cache(pair.baseline))
-            input_ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
-            with install(self.model, self.layout, specs, sources, prompt_len=ids_b.shape[1]) as handles:
-                rows = self._sample(input_ids, snap, protocol, seeds, protocol.top_k)
-        else:
-            with install(self.model, self.layout, specs, sources, prompt_len=ids_b.shape[1]) as handles:
-                with torch.no_grad():
-                    _, snap = prefill(self.model, ids_b[:, :-1])
-                rows = self._sample(ids_b, spliced(snap), protocol, seeds, protocol.top_k)
-        counts = tuple(c for h in handles for c in h.counts)
-        return self._result(pair, iv.name, protocol, seeds, rows, patch_counts=counts,
-                            kv_layers=kv_layers, declared_phases=protocol.patch_phases if specs else ())
+@dataclass(frozen=True)
+class _ArmState:
+    name: str
+    input_ids: torch.Tensor
+    snapshot: Any
+    top_k: int | None
+    handles: tuple[Any, ...] = ()
+    kv_layers: tuple[int, ...] = ()

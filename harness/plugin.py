@@ -183,6 +183,8 @@ class HarnessSession:
         if _is_worker(self.config):
             return
         payloads = [json.loads(v) for k, v in report.user_properties if k == "harness"]
+        if report.when != "call":  # setup and teardown reports repeat the call's properties
+            payloads = []
         if not payloads:
             if report.failed and "claims/" in report.nodeid.replace("\\", "/"):
                 self.missing.append(report.nodeid)

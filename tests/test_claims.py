@@ -87,3 +87,37 @@ def test_the_readme_example_claim_runs(pytester, tmp_path):
     assert outcomes.get("errors", 0) == 0
     assert sum(outcomes.get(k, 0) for k in ("passed", "failed")) == 2
     assert (tmp_path / "r" / "claims.csv").read_text().count("l20-mlp-full-kv") == 2
+
+
+def test_champion_logprob_is_highest_under_the_champion_and_deterministic(cache, pairs):
+    protocol = CORRECTED.with_(gen_tokens=8)
+    pair = pairs[0]
+    champ = cache.runner.continuation_logprob(pair, "champion", protocol,
+                                              cache.runner.champion_continuation(pair, protocol))
+    base = cache.logprob(pair, "baseline", protocol)
+    assert champ == cache.logprob(pair, "champion", protocol)
+    assert champ > base
+    assert champ <= 0.0
+
+
+def test_champion_logprob_equals_a_full_forward_pass_under_the_champion(cache, pairs):
+    import torch
+
+    runner, pair = cache.runner, pairs[1]
+    protocol = CORRECTED.with_(gen_tokens=6)
+    continuation = runner.champion_continuation(pair, protocol)
+    ids = runner.ids(pair.champion)
+    full = torch.cat([ids, torch.tensor([continuation])], dim=1)
+    with torch.no_grad():
+        logp = torch.log_softmax(runner.model(input_ids=full).logits[0].float(), -1)
+    n = ids.shape[1]
+    expected = sum(float(logp[n - 1 + i, t]) for i, t in enumerate(continuation)) / len(continuation)
+    assert abs(runner.continuation_logprob(pair, "champion", protocol, continuation) - expected) < 1e-4
+
+
+def test_logprob_claim_evaluates(cache, pairs):
+    claim = Claim("lp", "s", SOURCE, arm=KV_ONLY, metric="champion_logprob", threshold=0.5, direction="above")
+    result = evaluate(claim, cache, pairs, CORRECTED.with_(gen_tokens=6), seeds=(0,), n_boot=200)
+    assert result.metric == "champion_logprob"
+    assert result.verdict in ("supported", "refuted", "inconclusive", "invalid")
+    assert result.n_pairs >= 0
