@@ -111,7 +111,19 @@ class RunWriter:
         tmp.replace(path)
 
     def close(self, complete: bool) -> None:
+        """Close the run: summary marked complete or not, rows sorted, markdown and plots."""
         if self._results is None:
             return
         self._results.close()
         self.write_summary(complete=complete)
+        from harness.merge import normalize
+        from harness.render import render
+
+        normalize(self.directory)
+        render(self.directory)
+
+
+if __name__ == "__main__":
+    from harness.merge import main
+
+    raise SystemExit(main())
