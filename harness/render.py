@@ -181,8 +181,6 @@ def _cell(value: Any) -> str:
 def _prov_value(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(json.dumps(v, default=str) if isinstance(v, (dict, list)) else _fmt(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, default=str, sort_keys=True)
     return _fmt(value)
 
 
@@ -270,10 +268,14 @@ def summary_markdown(run: Run, plots: Sequence[str] = ()) -> str:
     out += ["## Claims in detail", ""]
     for row in run.claims:
         out += _claim_section(row, run.results)
-    prov = [[_cell(k), _cell(_prov_value(v))] for k, v in run.provenance.items()]
+    # Nested values (protocol parameters) would make one huge table cell: shown as JSON below.
+    nested = {k: v for k, v in run.provenance.items() if isinstance(v, dict)}
+    prov = [[_cell(k), _cell(_prov_value(v))] for k, v in run.provenance.items() if k not in nested]
     out += ["## Provenance", "",
             tabulate(prov, headers=["field", "value"], tablefmt="github", disable_numparse=True)
             if prov else "No provenance recorded.", ""]
+    for key, value in nested.items():
+        out += [f"{key}:", "", *_fenced(json.dumps(value, indent=2, default=str).splitlines()), ""]
     return "\n".join(out)
 
 
@@ -350,13 +352,19 @@ def plot_sweep(groups: Mapping[tuple[str, str], Sequence[tuple[int, Mapping[str,
                 ax.plot([x, x], [low, high], color=colour, linewidth=1.5, alpha=0.7)
             if _finite(row.get("threshold")) is not None:
                 thresholds.add(_finite(row.get("threshold")))
+            y = _finite(row.get("efficiency"))
+            if row.get("verdict") == "invalid" and y is not None:  # a broken experiment, not a result
+                invalid = ax.plot([x], [y], "x", color="tab:gray", markersize=10, mew=2)[0]
+                invalid.set_label("invalid")
     for t in sorted(thresholds):
         ax.axhline(t, color="black", linewidth=0.9, linestyle=":", label=f"threshold {t:g}")
     ax.set_xticks(sorted({k for cells in groups.values() for k, _ in cells}))
     ax.set_xlabel("k (prefix: KV of layers 0..k; suffix: layers k..31; as written for 32 layers)")
     ax.set_ylabel("transfer efficiency, 95% interval")
     ax.set_title("Partial-KV layer sweep")
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # one "invalid" entry however many points
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
     _save(fig, path)
 
 

@@ -23,7 +23,8 @@ from harness.report import RunWriter
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROVENANCE = {"run_id": "20250101-000000", "model": "toy", "device": "cpu", "dtype": "float32",
               "pairs": 2, "seeds": [0, 1], "gen_tokens": 8, "prompts": "bundled toy bank",
-              "command": "pytest claims/ | tee run.log"}
+              "command": "pytest claims/ | tee run.log",
+              "protocols": {"original": {"temperature": 0.8, "refeed_last": True}}}
 LONG_TAIL = "TAIL-THAT-MUST-BE-CUT"
 
 
@@ -156,6 +157,8 @@ def test_provenance_is_a_table(run_dir: Path) -> None:
     # An escaped pipe keeps the column count: every row splits into the same cells.
     assert {len(re.split(r"(?<!\\)\|", line)) for line in table} == {4}
     assert "pytest claims/ \\| tee run.log" in prov
+    assert "| protocols" not in prov  # nested: shown as JSON after the table
+    assert '"temperature": 0.8' in prov.split("protocols:")[1]
 
 
 def test_incomplete_run_is_marked_with_the_number_finished(tmp_path: Path) -> None:
