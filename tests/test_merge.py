@@ -65,8 +65,8 @@ def test_a_missing_shard_is_visible(tmp_path: Path) -> None:
 def test_normalize_sorts_dedupes_and_is_idempotent(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", list(reversed(all_cells(sweep=False))))
     path = run / "results.jsonl"
-    first = path.read_text().splitlines()[0]
-    path.write_text(path.read_text() + first + "\n")  # a duplicate row
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*reversed(lines), lines[0]]) + "\n")  # out of order, one duplicate
     normalize(run)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     keys = [(r["protocol"], r["pair"], r["arm"], r["seed"]) for r in rows]

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -89,11 +90,16 @@ def all_cells(sweep: bool = True) -> list[tuple[dict[str, Any], list[dict[str, A
 
 def write_run(directory: Path, cells: Iterable[tuple[dict, list[dict]]], complete: bool = True,
               provenance: dict[str, Any] | None = None) -> Path:
-    """A run folder as the plugin writes it, through the real RunWriter."""
+    """A run folder as the plugin writes it, through the real RunWriter.
+
+    Closing a run renders it; that is skipped here (the tests render explicitly, and
+    drawing plots for every folder built would make them slow).
+    """
     writer = RunWriter(directory, dict(provenance or PROVENANCE))
     for row, rows in cells:
         writer.add(row, rows)
-    writer.close(complete=complete)
+    with mock.patch("harness.render.render"):
+        writer.close(complete=complete)
     return directory
 
 
