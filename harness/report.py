@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,11 @@ class RunWriter:
         from harness.render import render
 
         normalize(self.directory)
-        render(self.directory)
+        try:
+            render(self.directory)
+        except Exception as exc:  # the data files are written; a failed plot must not hide them
+            warnings.warn(f"could not render {self.directory}: {exc!r}; rerun "
+                          f"`python -m harness.render {self.directory}`", stacklevel=2)
 
 
 if __name__ == "__main__":
