@@ -1,6 +1,10 @@
 """What this repository's own test run needs beyond the installed plugin."""
 
+import torch
 from hypothesis import HealthCheck, settings
+
+# The test models are tiny: intra-op threads only add spin-waits on a shared 2-core machine.
+torch.set_num_threads(1)
 
 # Model forward passes make example timings noisy on a shared CPU: no deadline.
 settings.register_profile(

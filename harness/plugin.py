@@ -106,6 +106,7 @@ class HarnessSession:
                 opt("model"), device=self.device(), dtype=opt("dtype"),
                 allow_pickle=opt("allow_pickle"), trust_remote_code=opt("trust_remote_code"),
             )
+            _single_thread_for_small_cpu_models(self._subject)
         return self._subject
 
     def device(self) -> str:
@@ -241,6 +242,16 @@ _SESSION = pytest.StashKey[HarnessSession]()
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+def _single_thread_for_small_cpu_models(subject: Any) -> None:
+    """Matrices of a few-MB model are too small for intra-op threads to pay; on a busy
+    machine (or beside other xdist workers) their spin-waits slow decoding many times."""
+    import torch
+
+    n_params = sum(p.numel() for p in subject.model.parameters())
+    if subject.device == "cpu" and n_params < 50_000_000:
+        torch.set_num_threads(1)
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -22,10 +22,6 @@ from transformers import (
 BOS = 1
 VOCAB = 96
 
-# Tiny models gain nothing from intra-op threads, and on a shared CPU the spinning
-# worker threads made these tests about 10x slower (measured: 120 s vs 9.5 s).
-torch.set_num_threads(1)
-
 # Grouped-query attention (4 query heads share 2 KV heads), big enough to make
 # wrong splices visible, small enough for a forward pass in milliseconds.
 _COMMON: dict[str, Any] = dict(
