@@ -1,12 +1,15 @@
-"""Controls a careful reader asks for: the same patch at the wrong layer, and a random source.
+"""Controls a careful reader asks for: the same patch at the wrong layer, a random source,
+and the decoding loop with no intervention at all.
 
 If layer 27 is special, the layer-5 patch should add less; if the champion's activations
-matter, norm-matched random activations at layer 27 should add less.
+matter, norm-matched random activations at layer 27 should add less; and if the interventions
+cause the transfer, the protocol's own loop (which under `original` feeds the baseline's last
+token a second time) must transfer nothing by itself.
 """
 
 import pytest
 
-from harness.arms import L27_V, RANDOM_SOURCE_V, WRONG_LAYER_V
+from harness.arms import L27_V, NOTHING, RANDOM_SOURCE_V, WRONG_LAYER_V
 from harness.claims import SEED_FILE, Claim, Source
 
 CONTROLS = [
@@ -21,6 +24,11 @@ CONTROLS = [
           source=Source(SEED_FILE, "Persistent geometric signature (V_PROJ at L27)"),
           kind="contrast", arm=L27_V, versus=RANDOM_SOURCE_V, threshold=0.0, direction="above",
           must_differ_from=RANDOM_SOURCE_V),
+    Claim(id="decoding-loop-alone-transfers-nothing",
+          statement="The intervention arms' decoding loop with no splice and no patch transfers "
+                    "nothing (the comparison every transfer claim silently relies on).",
+          source=Source(SEED_FILE, "Generate token-by-token with patched KV + persistent patch"),
+          arm=NOTHING, threshold=0.2, direction="below"),
 ]
 
 

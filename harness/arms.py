@@ -10,7 +10,7 @@ from harness.generate import Intervention
 
 __all__ = [
     "KV_ONLY", "L27_V", "RELAY", "SINGLE_LAYER_KV", "V_WITHOUT_KV", "RESID_WITHOUT_KV",
-    "WRONG_LAYER_V", "RANDOM_SOURCE_V", "kv_prefix", "kv_suffix",
+    "WRONG_LAYER_V", "RANDOM_SOURCE_V", "NOTHING", "kv_prefix", "kv_suffix",
 ]
 
 KV_ONLY = Intervention("kv-only", kv_layers="all")
@@ -22,6 +22,8 @@ RESID_WITHOUT_KV = Intervention("resid_pre@18", patches=("resid_pre@18",))
 #: Controls: the same patch at the wrong layer, and norm-matched random activations.
 WRONG_LAYER_V = Intervention("kv+v_proj@5", kv_layers="all", patches=("v_proj@5",))
 RANDOM_SOURCE_V = Intervention("kv+random v_proj@27", kv_layers="all", patches=("v_proj@27",), source="random")
+#: No splice, no patch: the intervention arms' decoding loop by itself.
+NOTHING = Intervention("no intervention")
 
 
 def kv_prefix(k: int) -> Intervention:

@@ -193,7 +193,8 @@ class HarnessSession:
         if self.writer is None:
             from harness.report import RunWriter
 
-            self.writer = RunWriter(self.report_dir(), self.provenance())
+            self.writer = RunWriter(self.report_dir(), self.provenance(),
+                                    latest=self.config.rootpath / "reports" / "latest")
         for payload in payloads:
             self.writer.provenance.update(payload["provenance"])
             self.writer.add(payload["claim"], payload["rows"])

@@ -55,8 +55,9 @@ def _clean(value: Any) -> Any:
 class RunWriter:
     """Appends a run's rows to its folder; only the controlling process writes."""
 
-    def __init__(self, directory: Path, provenance: Mapping[str, Any]) -> None:
+    def __init__(self, directory: Path, provenance: Mapping[str, Any], latest: Path | None = None) -> None:
         self.directory = Path(directory)
+        self.latest = latest
         self.provenance = dict(provenance)
         self.claims: list[dict[str, Any]] = []
         self._seen: set[tuple] = set()
@@ -70,11 +71,22 @@ class RunWriter:
             self.write_summary(complete=False)
 
     def _link_latest(self) -> None:
-        latest = self.directory.parent / "latest"
+        """Point ``latest`` (e.g. ``reports/latest``) at this run's folder."""
+        latest = self.latest
+        if latest is None or latest.resolve() == self.directory.resolve():
+            return
+        target = self.directory.resolve()
         try:
-            if latest.is_symlink() or latest.exists():
+            relative = target.relative_to(latest.parent.resolve())
+        except ValueError:
+            relative = target
+        try:
+            latest.parent.mkdir(parents=True, exist_ok=True)
+            if latest.is_symlink():
                 latest.unlink()
-            latest.symlink_to(self.directory.name)
+            elif latest.exists():
+                return  # a real folder named latest: not ours to replace
+            latest.symlink_to(relative)
         except OSError:  # e.g. a file system without symlinks: the folder itself is enough
             pass
 

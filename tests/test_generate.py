@@ -11,7 +11,7 @@ from harness.generate import CORRECTED, ORIGINAL, Intervention, Runner, SeededSa
 from harness.model import load_subject
 from harness.prompts import Pair, default_pairs
 
-NOTHING = Intervention("nothing")
+from harness.arms import NOTHING
 
 
 @pytest.fixture(scope="module")
