@@ -259,17 +259,21 @@ class Runner:
         kv_layers = self._kv_layers(arm)
         ids_b = self.ids(pair.baseline)
 
+        # Clean passes, computed (and memoised) before any hook is installed: the
+        # champion's cache, and under the original protocol the baseline's full prefill.
+        champion_cache = self.cache(pair.champion) if kv_layers else None
+        baseline_cache = self.cache(pair.baseline) if protocol.refeed_last else None
+
         def spliced(target: Any) -> Any:
             if not kv_layers:
                 return target
-            return splice(target, self.cache(pair.champion), kv_layers, protocol.align,
-                          rotary_emb=self.layout.rotary_emb)
+            return splice(target, champion_cache, kv_layers, protocol.align, rotary_emb=self.layout.rotary_emb)
 
         with install(self.model, self.layout, specs, sources, prompt_len=ids_b.shape[1]) as handles:
             if protocol.refeed_last:
-                # The original: the full prefill ran before the hooks existed (the cached
-                # baseline pass), then the splice, then the last token is fed again.
-                snap = spliced(self.cache(pair.baseline))
+                # The original: the full prefill ran before the hooks existed, then the
+                # splice, then the last prompt token is fed again.
+                snap = spliced(baseline_cache)
                 ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
             else:
                 snap, ids = spliced(self._prefix_cache(ids_b)), ids_b

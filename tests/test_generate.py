@@ -101,3 +101,20 @@ def test_seeded_sampler_follows_the_softmax_at_its_temperature():
 def test_unknown_protocol_suggests_the_closest():
     with pytest.raises(HarnessLookupError, match="Did you mean 'corrected'"):
         get_protocol("corected")
+
+
+def test_an_arm_gives_the_same_result_whatever_ran_before_it(pair):
+    """Memoised clean passes (champion cache, baseline prefill) must never be computed
+    under another arm's hooks: a fresh runner that runs the patched arm first agrees
+    with one that ran the plain arms first."""
+    seeds = (0, 1)
+    for protocol in (short(ORIGINAL), short(CORRECTED)):
+        warm = Runner(load_subject())
+        warm.run(pair, KV_ONLY, protocol, seeds)
+        warm.run(pair, "baseline", protocol, seeds)
+        cold = Runner(load_subject())
+        first, second = cold.run(pair, RELAY, protocol, seeds), warm.run(pair, RELAY, protocol, seeds)
+        assert first.tokens == second.tokens
+        assert first.patch_counts == second.patch_counts
+        if protocol.name == "original":
+            assert all(c.calls == 0 for c in first.patch_counts if c.phase == "prefill")

@@ -87,3 +87,5 @@ def test_a_claim_run_writes_its_rows_and_table(pytester, tmp_path):
     # 2 protocols x 2 pairs x 3 arms (baseline, champion, kv-only) x 2 seeds
     assert len(samples) == 24
     assert json.loads((report / "summary.json").read_text())["complete"] is True
+    assert (pytester.path / "reports" / "latest").resolve() == report.resolve()
+    assert (report / "summary.md").read_text().startswith("# Claims report")
