@@ -76,6 +76,11 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or (os.sep in spec and not _HUB_ID_RE.match(spec))
 
 
+def is_local_spec(spec: str) -> bool:
+    """Whether ``--model`` names a local folder (existing or path-like) rather than a hub id."""
+    return Path(spec).expanduser().exists() or _looks_like_path(spec) or not _HUB_ID_RE.match(spec)
+
+
 def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     safe = [p for p in files if p.suffix == ".safetensors"]
@@ -175,7 +180,7 @@ def load_subject(
         spec = TOY_MODEL_DIR
     text = os.fspath(spec)
     folder = Path(text).expanduser()
-    local = folder.exists() or _looks_like_path(text) or not _HUB_ID_RE.match(text)
+    local = is_local_spec(text)
     if local:
         check_local_folder(folder, allow_pickle=allow_pickle)
         source, name = str(folder), folder.name if folder != TOY_MODEL_DIR else "toy"

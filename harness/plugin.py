@@ -84,6 +84,7 @@ class HarnessSession:
         self.prompts_file = Path(prompts) if prompts else None
         if self.prompts_file is not None and not self.prompts_file.is_file():
             raise pytest.UsageError(f"--prompts {prompts!r}: no such file")
+        self._check_inputs()
         self.shard = _parse_shard(config.getoption("shard"))
         self.missing: list[str] = []
         self._subject: Any = None
@@ -92,6 +93,20 @@ class HarnessSession:
         self._ledger: Any = None
         self.writer: Any = None
         self.run_id = time.strftime("%Y%m%d-%H%M%S")
+
+    def _check_inputs(self) -> None:
+        """Refuse a malformed prompts file or model folder now, before any weights load."""
+        from harness.model import check_local_folder, is_local_spec
+        from harness.prompts import load_pairs
+
+        model = self.config.getoption("model")
+        try:
+            if self.prompts_file is not None:
+                load_pairs(self.prompts_file)
+            if model is not None and is_local_spec(model):
+                check_local_folder(Path(model).expanduser(), allow_pickle=self.config.getoption("allow_pickle"))
+        except HarnessError as exc:
+            raise pytest.UsageError(str(exc)) from exc
 
     @property
     def seeds(self) -> tuple[int, ...]:

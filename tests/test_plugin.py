@@ -89,3 +89,19 @@ def test_a_claim_run_writes_its_rows_and_table(pytester, tmp_path):
     assert json.loads((report / "summary.json").read_text())["complete"] is True
     assert (pytester.path / "reports" / "latest").resolve() == report.resolve()
     assert (report / "summary.md").read_text().startswith("# Claims report")
+
+
+def test_malformed_prompts_file_is_refused_before_any_test_runs(pytester):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    bad = pytester.path / "pairs.jsonl"
+    bad.write_text('{"baseline": "a b c", "champion": "d e f"}\n{"baseline": "x"}\n')
+    result = pytester.runpytest("--prompts", str(bad))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*pairs.jsonl:2: missing key 'champion'*"])
+
+
+def test_missing_model_folder_is_refused_before_any_test_runs(pytester):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--model", str(pytester.path / "no-model"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no such folder*"])
