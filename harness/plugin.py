@@ -185,7 +185,7 @@ class HarnessSession:
         return {"run_id": self.run_id, "model": opt("model") or "toy", "device": opt("device"),
                 "dtype": opt("dtype"), "pairs": self.n_pairs, "seeds": list(self.seeds),
                 "gen_tokens": self.gen_tokens, "prompts": str(self.prompts_file or "bundled toy bank"),
-                "shard": opt("shard"), "harness_commit": _git_commit(self.config.rootpath),
+                "profile": opt("profile"), "shard": opt("shard"), "harness_commit": _git_commit(self.config.rootpath),
                 "command": " ".join(["pytest", *self.config.invocation_params.args])}
 
     # -- hooks: the session object is registered as a plugin -----------------------
@@ -290,10 +290,14 @@ def _git_commit(root: Path) -> str | None:
                              text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Tokenizers' own thread pool would warn (and can deadlock) once xdist forks workers.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     session = HarnessSession(config)
     config.stash[_SESSION] = session
     config.pluginmanager.register(session, "harness-session")
@@ -377,5 +381,3 @@ def _no_hook_left_on_subject(request: pytest.FixtureRequest) -> Any:
     if left:
         pytest.fail(f"test left hooks on the model (removed now): {', '.join(left)}", pytrace=False)
 
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
