@@ -255,6 +255,8 @@ def evaluate(claim: Claim, cache: ArmCache, pairs: Sequence[Any], protocol: Prot
             other, _, other_runs, _ = _efficiencies(claim, claim.versus, cache, pairs, protocol, seeds)
             interval = paired_contrast({k: [v] for k, v in effs.items()}, {k: [v] for k, v in other.items()}, n_boot=n_boot)
             arm_results += list(other_runs.values())
+            # The comparison arm's patches must have acted too, or the contrast means nothing.
+            guards += [g for g in _patch_summary(other_runs)[0] if g not in guards]
         else:
             interval = cluster_bootstrap({k: [v] for k, v in effs.items()}, n_boot=n_boot)
         if claim.must_differ_from is not None:

@@ -121,3 +121,13 @@ def test_logprob_claim_evaluates(cache, pairs):
     assert result.metric == "champion_logprob"
     assert result.verdict in ("supported", "refuted", "inconclusive", "invalid")
     assert result.n_pairs >= 0
+
+
+def test_contrast_is_invalid_when_the_comparison_arms_patch_never_wrote(cache, pairs):
+    from harness.arms import WRONG_LAYER_V
+
+    claim = Claim("c", "s", SOURCE, kind="contrast", arm=KV_ONLY, versus=WRONG_LAYER_V,
+                  threshold=0.0, direction="above")
+    result = evaluate(claim, cache, pairs, small(ORIGINAL), seeds=(0, 1), n_boot=200)
+    assert result.verdict == "invalid"
+    assert "v_proj@5(L5)" in result.reason
