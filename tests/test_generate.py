@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.arms import KV_ONLY, L27_V, RELAY
+from harness.arms import KV_ONLY, L27_V, NOTHING, RELAY
 from harness.errors import HarnessLookupError
-from harness.generate import CORRECTED, ORIGINAL, Intervention, Runner, SeededSampler, get_protocol
+from harness.generate import CORRECTED, ORIGINAL, Runner, SeededSampler, get_protocol
 from harness.model import load_subject
 from harness.prompts import Pair, default_pairs
-
-from harness.arms import NOTHING
 
 
 @pytest.fixture(scope="module")
