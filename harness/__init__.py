@@ -18,20 +18,6 @@ from harness.errors import (
     UnsupportedModelError,
 )
 
-__all__ = [
-    "HarnessError",
-    "HarnessLookupError",
-    "HarnessValueError",
-    "PromptFileError",
-    "UnsupportedModelError",
-    "Subject",
-    "load_subject",
-    "TOY_MODEL_DIR",
-    "Pair",
-    "load_pairs",
-    "default_pairs",
-]
-
 _LAZY = {
     "Subject": "harness.model",
     "load_subject": "harness.model",
@@ -39,7 +25,31 @@ _LAZY = {
     "Pair": "harness.prompts",
     "load_pairs": "harness.prompts",
     "default_pairs": "harness.prompts",
+    "Site": "harness.sites",
+    "parse_site": "harness.sites",
+    "map_layer": "harness.sites",
+    "KVSnapshot": "harness.kv",
+    "splice": "harness.kv",
+    "PatchSpec": "harness.patches",
+    "Intervention": "harness.generate",
+    "Protocol": "harness.generate",
+    "ORIGINAL": "harness.generate",
+    "CORRECTED": "harness.generate",
+    "Runner": "harness.generate",
+    "Claim": "harness.claims",
+    "Source": "harness.claims",
+    "evaluate": "harness.claims",
+    "Ledger": "harness.ledger",
 }
+
+__all__ = [
+    "HarnessError",
+    "HarnessLookupError",
+    "HarnessValueError",
+    "PromptFileError",
+    "UnsupportedModelError",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

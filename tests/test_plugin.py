@@ -105,3 +105,10 @@ def test_missing_model_folder_is_refused_before_any_test_runs(pytester):
     result = pytester.runpytest("--model", str(pytester.path / "no-model"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*no such folder*"])
+
+
+def test_every_public_name_resolves_and_the_package_import_stays_light():
+    code = ("import sys, harness; light = 'torch' not in sys.modules; "
+            "[getattr(harness, n) for n in harness.__all__]; print(light, len(harness.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "True"
