@@ -33,7 +33,7 @@ import torch
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
 from harness.kv import cache_kwarg, output_cache, prefill, resolve_layers, splice
 from harness.patches import PatchCount, PatchSpec, install, norm_matched_random, record, source_site
-from harness.sites import map_layer, parse_site
+from harness.sites import SOURCE_DEPTH, map_layer, parse_site
 
 __all__ = [
     "Protocol",
@@ -110,6 +110,9 @@ class Intervention:
             raise HarnessValueError(f"intervention source {self.source!r}; expected 'champion' or 'random'")
         if isinstance(self.kv_layers, str) and self.kv_layers != "all":
             raise HarnessValueError(f"kv_layers {self.kv_layers!r}; expected 'all', a tuple of layers or None")
+        if self.kv_layers is not None and not isinstance(self.kv_layers, str):
+            for layer in self.kv_layers:
+                map_layer(layer, SOURCE_DEPTH)  # refuses a layer outside the finding's 0..31 now
 
 
 @dataclass(frozen=True)

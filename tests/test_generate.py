@@ -116,3 +116,13 @@ def test_an_arm_gives_the_same_result_whatever_ran_before_it(pair):
         assert first.patch_counts == second.patch_counts
         if protocol.name == "original":
             assert all(c.calls == 0 for c in first.patch_counts if c.phase == "prefill")
+
+
+def test_intervention_with_a_layer_outside_the_finding_is_refused_at_once():
+    from harness.errors import HarnessValueError
+    from harness.generate import Intervention
+
+    with pytest.raises(HarnessValueError, match="0..31"):
+        Intervention("bad", kv_layers=(27, 32))
+    with pytest.raises(HarnessLookupError, match="Did you mean 'v_proj'"):
+        Intervention("bad", patches=("vproj@27",))
