@@ -39,7 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="quick: few pairs, seeds and tokens; full: every pair, 16 seeds, the "
                          "original's 200 tokens (default: quick)")
     group.addoption("--pairs", type=int, default=None, metavar="N",
-                    help="use the first N pairs of the bank (default: from --profile)")
+                    help="use N pairs spread evenly over the bank (default: from --profile)")
     group.addoption("--seeds", type=int, default=None, metavar="N",
                     help="samples per arm and pair, seeds 0..N-1, paired across arms "
                          "(default: from --profile)")
@@ -247,10 +247,9 @@ class HarnessSession:
         terminalreporter.write_line(f"report: {self.writer.directory}")
 
     def pairs(self) -> list[Any]:
-        from harness.prompts import default_pairs, load_pairs
+        from harness.prompts import default_pairs, load_pairs, spread
 
-        pairs = load_pairs(self.prompts_file) if self.prompts_file else default_pairs()
-        return pairs[: self.n_pairs] if self.n_pairs else pairs
+        return spread(load_pairs(self.prompts_file) if self.prompts_file else default_pairs(), self.n_pairs)
 
 
 _SESSION = pytest.StashKey[HarnessSession]()

@@ -146,3 +146,14 @@ def test_bundled_bank_registers() -> None:
         # The original score matches substrings, so a baseline must contain none.
         assert not [m for m in MARKERS if m in low], p.id
         assert marker_rate(p.champion) >= 0.15, p.id
+
+
+def test_spread_takes_pairs_from_every_part_of_the_bundled_bank():
+    from harness.prompts import spread
+
+    bank = default_pairs()
+    chosen = spread(bank, 6)
+    assert len(chosen) == 6 and len({p.id for p in chosen}) == 6
+    assert [bank.index(p) for p in chosen] == sorted(bank.index(p) for p in chosen)
+    assert {p.id[:2] for p in chosen} == {"eq", "cl", "bl"}
+    assert spread(bank, None) == bank and spread(bank, 100) == bank

@@ -15,13 +15,14 @@ embedded toy model. This module imports neither torch nor transformers.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import PromptFileError
+from harness.errors import HarnessValueError, PromptFileError
 
-__all__ = ["Pair", "DEFAULT_PROMPTS", "load_pairs", "default_pairs"]
+__all__ = ["Pair", "DEFAULT_PROMPTS", "load_pairs", "default_pairs", "spread"]
 
 #: The bundled bank, in the toy model's vocabulary (baseline: factual register,
 #: champion: self-referential register).
@@ -100,3 +101,17 @@ def load_pairs(path: str | Path) -> list[Pair]:
 def default_pairs() -> list[Pair]:
     """The bundled bank (:data:`DEFAULT_PROMPTS`)."""
     return load_pairs(DEFAULT_PROMPTS)
+
+
+def spread(pairs: Sequence[Pair], n: int | None) -> list[Pair]:
+    """``n`` pairs spread evenly over the bank, in bank order (all of them when n is None).
+
+    Banks are often grouped (equal lengths first, then longer champions, ...); taking
+    the first n would test one group only.
+    """
+    if n is None or n >= len(pairs):
+        return list(pairs)
+    if n < 1:
+        raise HarnessValueError(f"number of pairs {n}; expected a positive integer")
+    step = len(pairs) / n
+    return [pairs[int(i * step)] for i in range(n)]
