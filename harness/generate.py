@@ -137,9 +137,10 @@ class SeededSampler:
     library's greedy search picks exactly the sampled token.
     """
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_k: int | None, device: Any) -> None:
+    def __init__(self, seeds: Sequence[int], temperature: float, top_k: int | None) -> None:
         if temperature <= 0:
             raise HarnessValueError(f"temperature {temperature}; expected > 0 (use greedy for 0)")
+        # CPU generators: the same seed draws the same numbers whatever device the model is on.
         self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         self.temperature = temperature
         self.top_k = top_k
@@ -312,7 +313,7 @@ class Runner:
         if cache is not None:
             kwargs[cache_kwarg(self.model)] = cache.to_cache(batch=n)
         if not protocol.greedy:
-            kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k, self.device)]
+            kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k)]
         with torch.no_grad():
             out = self.model.generate(**kwargs)
         rows = out[:, input_ids.shape[1]:].tolist()

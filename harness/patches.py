@@ -30,7 +30,7 @@ Two modes:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -236,21 +236,8 @@ class PatchHandle:
         self._changed["prefill"] += int(diff[:cut].sum())
         self._changed["decode"] += int(diff[cut:].sum())
 
-    def _hook(self, module: Any, *hook_args: Any) -> Any:
-        if self.resolved.where == "input":
-            args, kwargs = hook_args
-            x = hooked_tensor("input", args, kwargs, None)
-            return with_replaced("input", args, kwargs, None, self._edit(x))
-        args, output = hook_args
-        x = hooked_tensor("output", args, {}, output)
-        return with_replaced("output", args, {}, output, self._edit(x))
-
     def __enter__(self) -> PatchHandle:
-        module = self.resolved.module
-        if self.resolved.where == "input":
-            self._handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
-        else:
-            self._handle = module.register_forward_hook(self._hook)
+        self._handle = _hook_activation(self.resolved, self._edit)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -292,24 +279,38 @@ def record(model: Any, layout: Any, input_ids: torch.Tensor, sites: Sequence[Sit
         for site in dict.fromkeys(sites):
             resolved = layout.resolve(site)
 
-            def grab(module: Any, *hook_args: Any, _site: Site = site, _where: str = resolved.where) -> None:
-                if _where == "input":
-                    args, kwargs = hook_args
-                    found[_site] = hooked_tensor("input", args, kwargs, None)[0].detach().clone()
-                else:
-                    args, output = hook_args
-                    found[_site] = hooked_tensor("output", args, {}, output)[0].detach().clone()
-
-            if resolved.where == "input":
-                handle = resolved.module.register_forward_pre_hook(grab, with_kwargs=True)
-            elif resolved.where == "output":
-                handle = resolved.module.register_forward_hook(grab)
-            else:
+            if resolved.where not in ("input", "output"):
                 raise HarnessValueError(f"site {site} has no activation to record")
+
+            def grab(x: torch.Tensor, _site: Site = site) -> None:
+                found[_site] = x[0].detach().clone()
+
+            handle = _hook_activation(resolved, grab)
             stack.callback(handle.remove)
         with torch.no_grad():
             model(input_ids=input_ids, use_cache=False)
     return found
+
+
+def _hook_activation(resolved: Any, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Any:
+    """Register the hook that shows ``fn`` the site's activation (batch, T, d); return its handle.
+
+    A tensor returned by ``fn`` replaces the activation; None leaves it as it is.
+    """
+    where = resolved.where
+    if where == "input":
+
+        def pre_hook(module: Any, args: tuple, kwargs: dict) -> Any:
+            new = fn(hooked_tensor(where, args, kwargs, None))
+            return None if new is None else with_replaced(where, args, kwargs, None, new)
+
+        return resolved.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def hook(module: Any, args: tuple, output: Any) -> Any:
+        new = fn(hooked_tensor(where, args, {}, output))
+        return None if new is None else with_replaced(where, args, {}, output, new)
+
+    return resolved.module.register_forward_hook(hook)
 
 
 def norm_matched_random(source: torch.Tensor, seed: int) -> torch.Tensor:

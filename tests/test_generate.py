@@ -81,7 +81,7 @@ def test_greedy_protocol_is_deterministic_across_seeds(runner, pair):
 
 def test_seeded_sampler_with_top_1_picks_the_argmax():
     scores = torch.randn(4, 50)
-    out = SeededSampler([0, 1, 2, 3], temperature=0.8, top_k=1, device="cpu")(None, scores)
+    out = SeededSampler([0, 1, 2, 3], temperature=0.8, top_k=1)(None, scores)
     assert torch.equal(out.argmax(-1), scores.argmax(-1))
     assert torch.isinf(out).sum() == 4 * 49
 
@@ -89,7 +89,7 @@ def test_seeded_sampler_with_top_1_picks_the_argmax():
 def test_seeded_sampler_follows_the_softmax_at_its_temperature():
     scores = torch.tensor([[0.0, 1.0, 2.0]])
     temperature, n = 0.8, 6000
-    sampler = SeededSampler([7], temperature=temperature, top_k=None, device="cpu")
+    sampler = SeededSampler([7], temperature=temperature, top_k=None)
     draws = torch.tensor([int(sampler(None, scores).argmax()) for _ in range(n)])
     freq = torch.bincount(draws, minlength=3).float() / n
     expected = torch.softmax(scores[0] / temperature, -1)
