@@ -14,10 +14,17 @@ Two built-in protocols (see DESIGN.md):
     the baseline's last prompt token as the first decoding step and sample from
     the full vocabulary.
 ``corrected``
-    Every arm prefills the prompt without its last token (with prefill patches
-    installed), splices with re-rotated keys keeping BOS, and continues by
-    feeding the last prompt token once, at its own position; patches act in
-    prefill and in every decoding step.
+    Every arm prefills its prompt without the last token (with prefill patches
+    installed) and continues by feeding that last token once, at its own position;
+    patches act in prefill and in every decoding step. A KV splice replaces the
+    baseline's prefix cache (all but its last token) with the champion's prefix
+    cache (all but *its* last token, computed without patches), right-aligned
+    with keys re-rotated to their new positions, the baseline's BOS kept. So the
+    first decoding step sees the champion's prompt without its last token, at
+    the baseline's positions, followed by the baseline's last token, fed once.
+    For pairs of equal length that is exactly a plain generation from
+    ``champion[:-1] + baseline[-1:]``; a prompt spliced into itself is exactly
+    the baseline arm. A tokenizer without BOS keeps no slot.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
-from harness.kv import cache_kwarg, output_cache, prefill, resolve_layers, splice
+from harness.kv import cache_kwarg, check_fits_window, output_cache, prefill, resolve_layers, splice
 from harness.patches import PatchCount, PatchSpec, install, norm_matched_random, record, source_site
 from harness.sites import SOURCE_DEPTH, map_layer, parse_site
 
@@ -174,9 +181,10 @@ class Runner:
         self.tokenizer = subject.tokenizer
         self.device = next(self.model.parameters()).device
         self._ids: dict[str, torch.Tensor] = {}
-        self._caches: dict[str, Any] = {}
+        self._caches: dict[tuple[str, bool], Any] = {}
         self._acts: dict[tuple[str, Any], torch.Tensor] = {}
         self._greedy: dict[tuple[str, int], tuple[int, ...]] = {}
+        self._generations: dict[tuple[str, Protocol, tuple[int, ...]], torch.Tensor] = {}
 
     # -- per-prompt data, computed once ---------------------------------------
     def ids(self, text: str) -> torch.Tensor:
@@ -184,11 +192,14 @@ class Runner:
             self._ids[text] = _encode(self.tokenizer, text, self.device)
         return self._ids[text]
 
-    def cache(self, text: str) -> Any:
-        if text not in self._caches:
+    def cache(self, text: str, *, without_last: bool = False) -> Any:
+        """The clean (unpatched) cache of a prompt, or of the prompt without its last token."""
+        key = (text, without_last)
+        if key not in self._caches:
+            ids = self.ids(text)
             with torch.no_grad():
-                self._caches[text] = prefill(self.model, self.ids(text))[1]
-        return self._caches[text]
+                self._caches[key] = prefill(self.model, ids[:, :-1] if without_last else ids)[1]
+        return self._caches[key]
 
     def activation(self, text: str, site: Any) -> torch.Tensor:
         key = (text, site)
@@ -202,8 +213,9 @@ class Runner:
         seeds = tuple(int(s) for s in seeds)
         if not seeds:
             raise HarnessValueError("no seeds given; pass at least one seed")
-        with self._armed(pair, arm, protocol) as state:
-            rows = self._sample(state.input_ids, state.snapshot, protocol, seeds, state.top_k)
+        with self._armed(pair, arm, protocol, seeds) as state:
+            raw = self._generate(state.input_ids, state.snapshot, protocol, seeds, state.top_k)
+        rows = self._until_eos(raw, protocol)
         texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
         counts = tuple(c for h in state.handles for c in h.counts)
         return ArmResult(pair.id, state.name, protocol.name, seeds, tuple(tuple(r) for r in rows), texts,
@@ -215,13 +227,15 @@ class Runner:
         """Mean log-probability, teacher-forced under ``arm``, of the tokens ``continuation``.
 
         Tokens are fed one per step through the KV cache, exactly as decoding
-        would feed them, so decode-phase patches act as they do when sampling.
+        would feed them, so decode-phase patches act as they do when sampling
+        (an ``aligned`` decode source is the champion's activations over this
+        same continuation).
         """
         if not continuation:
             raise HarnessValueError("empty continuation: nothing to score")
         kw = cache_kwarg(self.model)
         total = 0.0
-        with self._armed(pair, arm, protocol) as state, torch.no_grad():
+        with self._armed(pair, arm, protocol, None, continuation=tuple(continuation)) as state, torch.no_grad():
             snap = state.snapshot
             if snap is None:
                 snap = prefill(self.model, state.input_ids[:, :-1])[1]
@@ -241,16 +255,19 @@ class Runner:
         return self._greedy[key]
 
     @contextmanager
-    def _armed(self, pair: Any, arm: str | Intervention, protocol: Protocol) -> Iterator[_ArmState]:
+    def _armed(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...] | None,
+               continuation: tuple[int, ...] | None = None) -> Iterator[_ArmState]:
         """Set an arm up: prefill, splice, patches installed; removed on exit.
 
         Yields the ids to continue from and the cache snapshot that covers all
-        but their uncached tail (None: start from the bare prompt).
+        but their uncached tail (None: start from the bare prompt). ``seeds`` (or,
+        for scoring, ``continuation``) select the champion generation an
+        ``aligned`` decode source is recorded from.
         """
         if arm in ("baseline", "champion"):
-            ids = self.ids(pair.baseline if arm == "baseline" else pair.champion)
-            snap = None if protocol.refeed_last else self._prefix_cache(ids)
-            yield _ArmState(str(arm), ids, snap, protocol.reference_top_k)
+            text = pair.baseline if arm == "baseline" else pair.champion
+            snap = None if protocol.refeed_last else self.cache(text, without_last=True)
+            yield _ArmState(str(arm), self.ids(text), snap, protocol.reference_top_k)
             return
         if not isinstance(arm, Intervention):
             raise HarnessLookupError(f"unknown arm {arm!r}; expected 'baseline', 'champion' or an Intervention")
@@ -259,33 +276,36 @@ class Runner:
                       decode_source=protocol.decode_source, mode=protocol.patch_mode)
             for p in arm.patches
         ]
-        sources = self._sources(pair, specs, arm)
+        sources, source_len = self._sources(pair, specs, arm, protocol, seeds, continuation)
         kv_layers = self._kv_layers(arm)
         ids_b = self.ids(pair.baseline)
 
         # Clean passes, computed (and memoised) before any hook is installed: the
         # champion's cache, and under the original protocol the baseline's full prefill.
-        champion_cache = self.cache(pair.champion) if kv_layers else None
+        # The corrected protocol splices like with like: both caches end before the last
+        # prompt token, which is then fed once at its own position.
+        champion_cache = (self.cache(pair.champion, without_last=not protocol.refeed_last)
+                          if kv_layers else None)
         baseline_cache = self.cache(pair.baseline) if protocol.refeed_last else None
+        keep_first = 1 if self.tokenizer.bos_token_id is not None else 0
 
         def spliced(target: Any) -> Any:
             if not kv_layers:
                 return target
-            return splice(target, champion_cache, kv_layers, protocol.align, rotary_emb=self.layout.rotary_emb)
+            return splice(target, champion_cache, kv_layers, protocol.align,
+                          rotary_emb=self.layout.rotary_emb, keep_first=keep_first)
 
-        with install(self.model, self.layout, specs, sources, prompt_len=ids_b.shape[1]) as handles:
+        with install(self.model, self.layout, specs, sources, prompt_len=ids_b.shape[1],
+                     source_prompt_len=source_len) as handles:
             if protocol.refeed_last:
                 # The original: the full prefill ran before the hooks existed, then the
                 # splice, then the last prompt token is fed again.
                 snap = spliced(baseline_cache)
                 ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
             else:
-                snap, ids = spliced(self._prefix_cache(ids_b)), ids_b
+                # Under the prefill patches: not memoised.
+                snap, ids = spliced(prefill(self.model, ids_b[:, :-1])[1]), ids_b
             yield _ArmState(arm.name, ids, snap, protocol.top_k, tuple(handles), kv_layers)
-
-    def _prefix_cache(self, ids: torch.Tensor) -> Any:
-        """Cache of the prompt without its last token (computed under any installed patches)."""
-        return prefill(self.model, ids[:, :-1])[1]
 
     def _kv_layers(self, arm: Intervention) -> tuple[int, ...]:
         if arm.kv_layers is None:
@@ -295,9 +315,11 @@ class Runner:
             return resolve_layers("all", n_layers)
         return resolve_layers([map_layer(layer, n_layers) for layer in arm.kv_layers], n_layers)
 
-    def _sample(self, input_ids: torch.Tensor, cache: Any, protocol: Protocol, seeds: tuple[int, ...],
-                top_k: int | None) -> list[list[int]]:
+    def _generate(self, input_ids: torch.Tensor, cache: Any, protocol: Protocol, seeds: tuple[int, ...],
+                  top_k: int | None) -> torch.Tensor:
+        """The generated ids (len(seeds), gen_tokens), one row per seed, padded after EOS."""
         n = len(seeds)
+        check_fits_window(self.model.config, int(input_ids.shape[1]) + protocol.gen_tokens)
         batch = input_ids.expand(n, -1)
         pad = self.tokenizer.pad_token_id
         kwargs: dict[str, Any] = {
@@ -316,20 +338,49 @@ class Runner:
             kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k)]
         with torch.no_grad():
             out = self.model.generate(**kwargs)
-        rows = out[:, input_ids.shape[1]:].tolist()
+        return out[:, input_ids.shape[1]:]
+
+    def _until_eos(self, raw: torch.Tensor, protocol: Protocol) -> list[list[int]]:
+        rows = raw.tolist()
         eos = self.tokenizer.eos_token_id
         if protocol.stop_at_eos and eos is not None:
             rows = [r[: r.index(eos) + 1] if eos in r else r for r in rows]
         return rows
 
-    def _sources(self, pair: Any, specs: list[PatchSpec], intervention: Intervention) -> dict[PatchSpec, torch.Tensor]:
-        sources = {}
+    def _champion_generation(self, pair: Any, protocol: Protocol, seeds: tuple[int, ...]) -> torch.Tensor:
+        """The champion arm's raw generated ids for ``seeds`` (memoised; no hooks run)."""
+        key = (pair.champion, protocol, seeds)
+        if key not in self._generations:
+            with self._armed(pair, "champion", protocol, seeds) as state:
+                self._generations[key] = self._generate(state.input_ids, state.snapshot, protocol, seeds,
+                                                        state.top_k)
+        return self._generations[key]
+
+    def _sources(self, pair: Any, specs: list[PatchSpec], intervention: Intervention, protocol: Protocol,
+                 seeds: tuple[int, ...] | None, continuation: tuple[int, ...] | None,
+                 ) -> tuple[dict[PatchSpec, torch.Tensor], dict[PatchSpec, int]]:
+        """Each patch's source activations, and how many of their positions are the champion's prompt.
+
+        With an ``aligned`` decode source the champion's activations cover its own
+        generation too: per seed (one source per batch row) when sampling, or the
+        scored continuation when teacher-forcing.
+        """
+        ids_c = self.ids(pair.champion)
+        aligned = protocol.decode_source == "aligned" and protocol.patch_mode == "corrected"
+        if aligned and specs:
+            if continuation is not None:
+                tail = torch.tensor([continuation], device=self.device)
+            else:
+                tail = self._champion_generation(pair, protocol, seeds or (0,))
+            sequence = torch.cat([ids_c.expand(tail.shape[0], -1), tail], dim=1)
+            acts = record(self.model, self.layout, sequence, [source_site(s) for s in specs])
+        sources, lengths = {}, {}
         for i, spec in enumerate(specs):
-            act = self.activation(pair.champion, source_site(spec))
+            act = acts[source_site(spec)] if aligned else self.activation(pair.champion, source_site(spec))
             if intervention.source == "random":
                 act = norm_matched_random(act, seed=1000 + i)
-            sources[spec] = act
-        return sources
+            sources[spec], lengths[spec] = act, ids_c.shape[1]
+        return sources, lengths
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ __all__ = [
     "cache_from_kwargs",
     "snapshot",
     "prefill",
+    "sliding_window",
+    "check_fits_window",
     "resolve_layers",
     "splice",
     "rerotate_keys",
@@ -169,16 +171,48 @@ def snapshot(cache: Any) -> KVSnapshot:
     )
 
 
+def sliding_window(config: Any) -> int | None:
+    """The attention window of a model config, or None when it attends to every position.
+
+    A model whose config names a window but disables it (Qwen2's ``use_sliding_window``
+    false) has none.
+    """
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window) if window else None
+
+
+def check_fits_window(config: Any, length: int) -> None:
+    """Refuse a sequence of ``length`` positions that a sliding window would cut.
+
+    Within the window the model attends to every position, so a full (unwindowed)
+    cache computes exactly what the model does. Beyond it the model forgets the
+    oldest positions, and a splice of "the whole cache" no longer means anything.
+    """
+    window = sliding_window(config)
+    if window is not None and length > window:
+        raise HarnessValueError(
+            f"sliding_window {window}: a sequence of {length} positions (prompt plus generated "
+            f"tokens) does not fit the model's attention window; use prompts and --gen-tokens "
+            f"that total at most {window} positions"
+        )
+
+
 def prefill(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, KVSnapshot]:
     """One forward pass over a prompt.
 
     ``input_ids``: (batch, seq). Returns logits ``(batch, seq, vocab)`` and the
-    snapshot of the cache it built. No gradients are recorded.
+    snapshot of the cache it built. No gradients are recorded. The cache is a plain
+    full-attention one, so a sliding-window model's cache is never cut to its window
+    (sequences beyond the window are refused: :func:`check_fits_window`).
     """
+    check_fits_window(model.config, int(input_ids.shape[1]))
     with torch.no_grad():
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
+                        **{cache_kwarg(model): DynamicCache()})
     return outputs.logits, snapshot(output_cache(outputs))
 
 
@@ -258,6 +292,7 @@ def splice(
     align: str,
     *,
     rotary_emb: Any = None,
+    keep_first: int = 1,
 ) -> KVSnapshot:
     """Write the source's KV into the target's, for the given layers; return a fresh snapshot.
 
@@ -273,11 +308,14 @@ def splice(
     - ``"left"``: position-consistent for the overlapping prefix: the first
       ``n = min(len_t, len_s)`` slots come from the source (same positions, the
       source's BOS). When the target is longer, its slots n.. stay the target's.
-    - ``"right-rerotated"``: right-aligned over the non-BOS slots:
-      ``n = min(len_t, len_s) - 1``; the source's last n positions go to the
+    - ``"right-rerotated"``: right-aligned over the slots after the first
+      ``keep_first`` (1: BOS; 0 for a model whose prompts start without BOS):
+      ``n = min(len_t, len_s) - keep_first``; the source's last n positions go to the
       target's last n slots, keys re-rotated from their source positions to the
       new ones with the model's own rotary embedding (a rotation by
-      ``len_t - len_s``), values copied; the target's BOS (slot 0) is kept.
+      ``len_t - len_s``), values copied; the target's first ``keep_first`` slots
+      (BOS) are kept. With equal lengths the result is the source, but for
+      those first slots.
       Needs ``rotary_emb`` (``model.model.rotary_emb``). Distances among the
       moved tokens, and from them to new tokens, are exact; their distance to
       BOS is not: beyond layer 0 their KV were computed with the source's own
@@ -298,9 +336,11 @@ def splice(
         t, s = getattr(target, name), getattr(source, name)
         if t != s:
             raise HarnessValueError(f"cannot splice: target has {name}={t}, source has {name}={s}")
+    if isinstance(keep_first, bool) or keep_first not in (0, 1):
+        raise HarnessValueError(f"keep_first {keep_first!r}; expected 1 (keep BOS) or 0 (no BOS)")
     chosen = set(resolve_layers(layers, target.n_layers))
     len_t, len_s = target.seq_len, source.seq_len
-    n = min(len_t, len_s) - (1 if align == "right-rerotated" else 0)
+    n = min(len_t, len_s) - (keep_first if align == "right-rerotated" else 0)
     keys, values = [], []
     for i in range(target.n_layers):
         k, v = target.keys[i].clone(), target.values[i].clone()

@@ -17,8 +17,15 @@ Two modes:
 ``corrected``
     In ``prefill``, prompt slot ``s`` in ``[P - W, P)`` receives the source's
     position ``len_src - (P - s)`` (the last W positions, aligned from the
-    right). In ``decode``, each new slot receives the source's last position
-    (``decode_source="last"``) or the mean of its last W positions (``"mean"``).
+    right). In ``decode``, each new slot receives the source's last prompt position
+    (``decode_source="last"``), the mean of its last W prompt positions (``"mean"``),
+    or, when the source also covers a continuation (``source_prompt_len`` shorter
+    than the source), the source's activation at the same decoding step
+    (``"aligned"``: the k-th generated slot receives source position
+    ``source_prompt_len + k``).
+
+A source is ``(positions, d)``, shared by every batch row, or ``(batch, positions, d)``,
+one source per row.
 ``original``
     The original scripts' hook, reproduced exactly: if the hooked tensor has at
     least W positions, its last W positions are overwritten with the source's
@@ -56,7 +63,7 @@ __all__ = [
 
 PHASES = ("prefill", "decode")
 MODES = ("corrected", "original")
-DECODE_SOURCES = ("last", "mean")
+DECODE_SOURCES = ("last", "mean", "aligned")
 PATCHABLE = ("v_proj", "resid_pre", "resid_post", "attn_out", "mlp_out")
 
 
@@ -91,7 +98,7 @@ class PatchSpec:
             )
         if self.decode_source not in DECODE_SOURCES:
             raise HarnessValueError(
-                f"decode_source {self.decode_source!r}; expected 'last' or 'mean'"
+                f"decode_source {self.decode_source!r}; expected one of {', '.join(DECODE_SOURCES)}"
             )
         if not isinstance(self.window, int) or self.window < 1:
             raise HarnessValueError(f"patch window {self.window!r}; expected a positive integer")
@@ -150,8 +157,10 @@ class PatchHandle:
     """One installed patch. Use as a context manager; counts live in :attr:`counts`.
 
     ``source`` is the recorded activation at :func:`source_site` of the source
-    prompt, shape (len_src, d). ``prompt_len`` is the number of prompt slots P
-    of the patched run.
+    prompt, shape (len_src, d), or (batch, len_src, d) for one source per batch row.
+    Its first ``source_prompt_len`` positions are the source's prompt (default: all of
+    them); the rest, if any, its continuation (for ``decode_source="aligned"``).
+    ``prompt_len`` is the number of prompt slots P of the patched run.
     """
 
     def __init__(
@@ -162,28 +171,50 @@ class PatchHandle:
         source: torch.Tensor,
         prompt_len: int,
         tracker: PositionTracker,
+        source_prompt_len: int | None = None,
     ) -> None:
         self.spec = spec
         self.resolved = layout.resolve(spec.site)
         if self.resolved.where not in ("output", "input"):
             raise HarnessValueError(f"site {spec.site} has no activation to patch")
-        if source.dim() != 2:
-            raise HarnessValueError(f"patch source must be (positions, d), got {tuple(source.shape)}")
+        if source.dim() not in (2, 3):
+            raise HarnessValueError(
+                f"patch source must be (positions, d) or (batch, positions, d), got {tuple(source.shape)}"
+            )
+        src_prompt = source.shape[-2] if source_prompt_len is None else int(source_prompt_len)
+        if not 0 < src_prompt <= source.shape[-2]:
+            raise HarnessValueError(
+                f"source_prompt_len {source_prompt_len}; expected 1..{source.shape[-2]} (the source's positions)"
+            )
         window = spec.window
         if spec.mode == "corrected" and "prefill" in spec.phases and prompt_len < window:
             raise HarnessValueError(
                 f"prompt of {prompt_len} tokens is shorter than the patch window {window}; "
                 "use longer prompts or a smaller window"
             )
-        if source.shape[0] < window:
+        if src_prompt < window:
             raise HarnessValueError(
-                f"source prompt of {source.shape[0]} tokens is shorter than the patch window "
+                f"source prompt of {src_prompt} tokens is shorter than the patch window "
                 f"{window}; use a longer champion prompt or a smaller window"
             )
+        if spec.decode_source == "aligned" and src_prompt == source.shape[-2] and "decode" in spec.phases:
+            raise HarnessValueError(
+                "decode_source 'aligned' needs a source that covers a continuation: pass "
+                "source_prompt_len shorter than the source"
+            )
+        prompt_part = source[..., :src_prompt, :]
+        if prompt_part.dim() == 3 and bool((prompt_part == prompt_part[:1]).all()):
+            # One prompt under every row (only the continuations differ): the prefill,
+            # run once at batch 1 before the rows are expanded, takes it as it is.
+            prompt_part = prompt_part[0]
         self.source = source
+        self._prompt_source = prompt_part
+        self.source_prompt_len = src_prompt
         self.prompt_len = prompt_len
         self.tracker = tracker
-        self._decode_row = source[-1] if spec.decode_source == "last" else source[-window:].mean(0)
+        full_prompt = source[..., :src_prompt, :]
+        self._decode_row = (full_prompt[..., -1, :] if spec.decode_source == "last"
+                            else full_prompt[..., -window:, :].mean(-2))
         self._calls = dict.fromkeys(PHASES, 0)
         self._changed = dict.fromkeys(PHASES, 0)
         self._handle: Any = None
@@ -210,25 +241,46 @@ class PatchHandle:
         """Return the patched copy of the hooked tensor x, shape (batch, T, d)."""
         start, length = self.tracker.start, x.shape[1]
         self._count_call(start, length)
-        src = self.source.to(device=x.device, dtype=x.dtype)
         new = x.clone()
-        window, P = self.spec.window, self.prompt_len
+        window, P, S = self.spec.window, self.prompt_len, self.source_prompt_len
+        prompt_src = self._rows(self._prompt_source, x, per_row=self._prompt_source.dim() == 3)
         if self.spec.mode == "original":
             if length >= window:
-                new[:, -window:] = src[-window:]
-        else:
-            slots = torch.arange(start, start + length)
-            if "prefill" in self.spec.phases:
-                sel = (slots >= P - window) & (slots < P)
-                if sel.any():
-                    idx = (src.shape[0] - (P - slots[sel])).to(x.device)
-                    new[:, sel.to(x.device)] = src[idx]
-            if "decode" in self.spec.phases:
-                sel = slots >= P
-                if sel.any():
-                    new[:, sel.to(x.device)] = self._decode_row.to(device=x.device, dtype=x.dtype)
+                new[:, -window:] = prompt_src[..., S - window:S, :]
+            self._tally(x, new, start)
+            return new
+        slots = torch.arange(start, start + length)
+        if "prefill" in self.spec.phases:
+            sel = (slots >= P - window) & (slots < P)
+            if sel.any():
+                idx = (S - (P - slots[sel])).to(x.device)
+                new[:, sel.to(x.device)] = prompt_src[..., idx, :]
+        if "decode" in self.spec.phases:
+            sel = slots >= P
+            if sel.any():
+                if self.spec.decode_source == "aligned":
+                    idx = S + (slots[sel] - P)
+                    src = self._rows(self.source, x, per_row=self.source.dim() == 3)
+                    if int(idx.max()) >= src.shape[-2]:
+                        raise HarnessValueError(
+                            f"patch at {self.spec.site}: decoding slot {int(slots[sel].max())} has no "
+                            f"aligned source position (the source covers {src.shape[-2] - S} generated tokens)"
+                        )
+                    new[:, sel.to(x.device)] = src[..., idx.to(x.device), :]
+                else:
+                    per_row = self.source.dim() == 3
+                    row = self._rows(self._decode_row, x, per_row=per_row)  # (d,) or (batch, d)
+                    new[:, sel.to(x.device)] = row.unsqueeze(-2) if per_row else row
         self._tally(x, new, start)
         return new
+
+    def _rows(self, source: torch.Tensor, x: torch.Tensor, *, per_row: bool) -> torch.Tensor:
+        """``source`` on x's device and dtype; a per-row source must match x's batch."""
+        if per_row and source.shape[0] != x.shape[0]:
+            raise HarnessValueError(
+                f"patch at {self.spec.site}: {source.shape[0]} per-row sources for a batch of {x.shape[0]}"
+            )
+        return source.to(device=x.device, dtype=x.dtype)
 
     def _tally(self, old: torch.Tensor, new: torch.Tensor, start: int) -> None:
         diff = (old != new).sum(dim=(0, 2))  # per position
@@ -253,27 +305,35 @@ def install(
     specs: Sequence[PatchSpec],
     sources: Mapping[PatchSpec, torch.Tensor],
     prompt_len: int,
+    source_prompt_len: Mapping[PatchSpec, int] | None = None,
 ) -> Iterator[list[PatchHandle]]:
     """Install every patch in ``specs`` (and one position tracker) for a ``with`` block.
 
-    All hooks are removed when the block exits, also on an exception.
+    ``source_prompt_len`` gives, per spec, how many of its source's positions are the
+    source's prompt (default: all). All hooks are removed when the block exits, also
+    on an exception.
     """
+    lengths = source_prompt_len or {}
     with ExitStack() as stack:
         tracker = stack.enter_context(PositionTracker(model))
         handles = [
-            stack.enter_context(PatchHandle(model, layout, s, sources[s], prompt_len, tracker))
+            stack.enter_context(PatchHandle(model, layout, s, sources[s], prompt_len, tracker,
+                                            source_prompt_len=lengths.get(s)))
             for s in specs
         ]
         yield handles
 
 
 def record(model: Any, layout: Any, input_ids: torch.Tensor, sites: Sequence[Site]) -> dict[Site, torch.Tensor]:
-    """Run one forward pass over ``input_ids`` (1, T) and return each site's activation (T, d).
+    """Run one forward pass over ``input_ids`` and return each site's activation.
 
-    Keys are the sites as given (layers as written); layers are mapped by the layout.
+    ``input_ids`` (1, T) gives activations (T, d); (B, T) with B > 1 gives (B, T, d),
+    one source per row for :func:`install`. Keys are the sites as given (layers as
+    written); layers are mapped by the layout.
     """
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise HarnessValueError(f"record expects input_ids of shape (1, T), got {tuple(input_ids.shape)}")
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1:
+        raise HarnessValueError(f"record expects input_ids of shape (B, T), got {tuple(input_ids.shape)}")
+    batched = input_ids.shape[0] > 1
     found: dict[Site, torch.Tensor] = {}
     with ExitStack() as stack:
         for site in dict.fromkeys(sites):
@@ -283,7 +343,7 @@ def record(model: Any, layout: Any, input_ids: torch.Tensor, sites: Sequence[Sit
                 raise HarnessValueError(f"site {site} has no activation to record")
 
             def grab(x: torch.Tensor, _site: Site = site) -> None:
-                found[_site] = x[0].detach().clone()
+                found[_site] = (x if batched else x[0]).detach().clone()
 
             handle = _hook_activation(resolved, grab)
             stack.callback(handle.remove)

@@ -7,6 +7,7 @@ the beginning-of-sequence token; prompts in tests start with it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -63,3 +64,44 @@ def tiny_llama_gqa(seed: int = 0, **overrides: Any) -> tuple[LlamaForCausalLM, L
 def tiny_qwen2(seed: int = 0, **overrides: Any) -> tuple[Qwen2ForCausalLM, Qwen2Config]:
     """A 4-layer Qwen2 (biased QKV projections) with grouped-query attention."""
     return _build(Qwen2Config, Qwen2ForCausalLM, seed, **overrides)
+
+
+# --------------------------------------------------------------------------- subjects
+# Tiny random models that speak the toy's vocabulary, so the runner can drive them with
+# the bundled bank: the machinery's identities must hold on more than one architecture.
+
+TOY_IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=3)
+
+
+@functools.lru_cache(maxsize=None)
+def toy_tokenizer(bos: bool = True) -> Any:
+    """The toy's tokenizer; with ``bos=False`` one that adds no BOS and has none."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from harness.toy import TOY_MODEL_DIR
+
+    if bos:
+        return AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
+    backend = Tokenizer.from_file(str(TOY_MODEL_DIR / "tokenizer.json"))
+    backend.post_processor = None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def tiny_subject(builder: Any, *, bos: bool = True, seed: int = 0, **overrides: Any) -> Any:
+    """A :class:`harness.model.Subject` around a tiny random model with the toy's vocabulary."""
+    from harness.model import Subject
+    from harness.sites import layout_for
+
+    tokenizer = toy_tokenizer(bos)
+    ids = dict(TOY_IDS, bos_token_id=TOY_IDS["bos_token_id"] if bos else None)
+    model, _ = builder(seed=seed, vocab_size=len(tokenizer), **{**ids, **overrides})
+    return Subject(name=f"tiny-{builder.__name__}", model=model, tokenizer=tokenizer,
+                   layout=layout_for(model), weights_hash="0" * 64, tokenizer_hash="0" * 64,
+                   device="cpu", dtype="float32")
+
+
+#: Llama 3's RoPE frequency scaling (rope_type "llama3"), on a short original context so it acts.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
