@@ -16,6 +16,7 @@ __all__ = [
     "HarnessLookupError",
     "UnsupportedModelError",
     "PromptFileError",
+    "PreflightError",
     "did_you_mean",
 ]
 
@@ -38,6 +39,10 @@ class UnsupportedModelError(HarnessError, ValueError):
 
 class PromptFileError(HarnessValueError):
     """A prompts file is unreadable or has a malformed line."""
+
+
+class PreflightError(HarnessValueError):
+    """A run's settings cannot work (found before any weights load); the message is one line."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -24,6 +24,7 @@ import torch
 from transformers import DynamicCache
 
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
+from harness.sites import sliding_window_of
 
 __all__ = [
     "ALIGNMENTS",
@@ -33,7 +34,6 @@ __all__ = [
     "cache_from_kwargs",
     "snapshot",
     "prefill",
-    "sliding_window",
     "check_fits_window",
     "resolve_layers",
     "splice",
@@ -171,18 +171,6 @@ def snapshot(cache: Any) -> KVSnapshot:
     )
 
 
-def sliding_window(config: Any) -> int | None:
-    """The attention window of a model config, or None when it attends to every position.
-
-    A model whose config names a window but disables it (Qwen2's ``use_sliding_window``
-    false) has none.
-    """
-    window = getattr(config, "sliding_window", None)
-    if getattr(config, "use_sliding_window", True) is False:
-        return None
-    return int(window) if window else None
-
-
 def check_fits_window(config: Any, length: int) -> None:
     """Refuse a sequence of ``length`` positions that a sliding window would cut.
 
@@ -190,7 +178,7 @@ def check_fits_window(config: Any, length: int) -> None:
     cache computes exactly what the model does. Beyond it the model forgets the
     oldest positions, and a splice of "the whole cache" no longer means anything.
     """
-    window = sliding_window(config)
+    window = sliding_window_of(config)
     if window is not None and length > window:
         raise HarnessValueError(
             f"sliding_window {window}: a sequence of {length} positions (prompt plus generated "

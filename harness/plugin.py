@@ -6,6 +6,7 @@ first use of the ``subject`` fixture, once per worker process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -58,6 +59,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="allow the model's own Python code from the hub to run")
 
 
+    group.addoption("--allow-long", action="store_true", default=False,
+                    help="allow --gen-tokens above 1024 (every arm, pair and seed pays for it)")
+
+
 def _positive(config: pytest.Config, name: str) -> int | None:
     value = config.getoption(name)
     if value is not None and value < 1:
@@ -65,48 +70,61 @@ def _positive(config: pytest.Config, name: str) -> int | None:
     return value
 
 
+def read_options(config: pytest.Config) -> Any:
+    """The run's settings, read once from the command line into a frozen record."""
+    from harness.preflight import RunOptions
+
+    opt = config.getoption
+    pairs, seeds, tokens = PROFILES[opt("profile")]
+    prompts, report_dir = opt("prompts"), opt("report_dir")
+    return RunOptions(
+        model=opt("model"), device=opt("device"), dtype=opt("dtype"),
+        prompts=Path(prompts) if prompts else None, profile=opt("profile"),
+        pairs=_positive(config, "pairs") or pairs, seeds=_positive(config, "seeds") or seeds,
+        gen_tokens=_positive(config, "gen_tokens") or tokens,
+        report_dir=Path(report_dir) if report_dir else None,
+        ledger=Path(opt("ledger")) if opt("ledger") else config.rootpath / "claims" / "ledger.toml",
+        shard=opt("shard"), allow_pickle=opt("allow_pickle"),
+        trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
+    )
+
+
 class HarnessSession:
     """Everything the plugin shares across one pytest process: options, the subject."""
 
     def __init__(self, config: pytest.Config) -> None:
-        from harness.model import check_device
-
         self.config = config
-        try:
-            check_device(config.getoption("device"))
-        except HarnessError as exc:
-            raise pytest.UsageError(str(exc)) from exc
-        pairs, seeds, tokens = PROFILES[config.getoption("profile")]
-        self.n_pairs = _positive(config, "pairs") or pairs
-        self.n_seeds = _positive(config, "seeds") or seeds
-        self.gen_tokens = _positive(config, "gen_tokens") or tokens
-        prompts = config.getoption("prompts")
-        self.prompts_file = Path(prompts) if prompts else None
-        if self.prompts_file is not None and not self.prompts_file.is_file():
-            raise pytest.UsageError(f"--prompts {prompts!r}: no such file")
-        self._check_inputs()
-        self.shard = _parse_shard(config.getoption("shard"))
+        self.options = read_options(config)
+        self.shard = _parse_shard(self.options.shard)
+        self.run_id = time.strftime("%Y%m%d-%H%M%S")
+        if not _is_worker(config):  # workers inherit the controller's checked settings
+            self._check_inputs()
+        self.n_pairs, self.n_seeds, self.gen_tokens = self.options.pairs, self.options.seeds, self.options.gen_tokens
+        self.prompts_file = self.options.prompts
         self.missing: list[str] = []
         self._subject: Any = None
         self._subject_provenance: dict[str, Any] | None = None
         self._arms: Any = None
         self._ledger: Any = None
         self.writer: Any = None
-        self.run_id = time.strftime("%Y%m%d-%H%M%S")
 
     def _check_inputs(self) -> None:
-        """Refuse a malformed prompts file or model folder now, before any weights load."""
+        """Refuse what cannot work now, in one line, before any weights load."""
         from harness.model import check_local_folder, is_local_spec
+        from harness.preflight import preflight
         from harness.prompts import load_pairs
 
-        model = self.config.getoption("model")
+        options = self.options
+        if options.prompts is not None and not options.prompts.is_file():
+            raise pytest.UsageError(f"--prompts {str(options.prompts)!r}: no such file")
         try:
-            if self.prompts_file is not None:
-                load_pairs(self.prompts_file)
-            if model is not None and is_local_spec(model):
-                check_local_folder(Path(model).expanduser(), allow_pickle=self.config.getoption("allow_pickle"))
+            if options.prompts is not None:
+                load_pairs(options.prompts)
+            if options.model is not None and is_local_spec(options.model):
+                check_local_folder(Path(options.model).expanduser(), allow_pickle=options.allow_pickle)
+            preflight(dataclasses.replace(options, report_dir=self.report_dir()))
         except HarnessError as exc:
-            raise pytest.UsageError(str(exc)) from exc
+            raise pytest.UsageError(str(exc)) from None
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -116,17 +134,15 @@ class HarnessSession:
         if self._subject is None:
             from harness.model import load_subject
 
-            opt = self.config.getoption
-            self._subject = load_subject(
-                opt("model"), device=self.device(), dtype=opt("dtype"),
-                allow_pickle=opt("allow_pickle"), trust_remote_code=opt("trust_remote_code"),
-            )
+            o = self.options
+            self._subject = load_subject(o.model, device=self.device(), dtype=o.dtype,
+                                         allow_pickle=o.allow_pickle, trust_remote_code=o.trust_remote_code)
             _single_thread_for_small_cpu_models(self._subject)
         return self._subject
 
     def device(self) -> str:
         """The device of this process: under xdist, ``cuda`` pins worker k to ``cuda:k``."""
-        device = self.config.getoption("device")
+        device = self.options.device
         if device == "cuda" and _is_worker(self.config):
             import torch
 
@@ -167,8 +183,7 @@ class HarnessSession:
         if self._ledger is None:
             from harness.ledger import Ledger
 
-            path = self.config.getoption("ledger") or self.config.rootpath / "claims" / "ledger.toml"
-            self._ledger = Ledger.load(path)
+            self._ledger = Ledger.load(self.options.ledger)
         return self._ledger
 
     def protocol(self, name: str) -> Any:
@@ -177,15 +192,15 @@ class HarnessSession:
         return get_protocol(name).with_(gen_tokens=self.gen_tokens)
 
     def report_dir(self) -> Path:
-        given = self.config.getoption("report_dir")
-        return Path(given) if given else self.config.rootpath / "reports" / self.run_id
+        given = self.options.report_dir
+        return given if given else self.config.rootpath / "reports" / self.run_id
 
     def provenance(self) -> dict[str, Any]:
-        opt = self.config.getoption
-        return {"run_id": self.run_id, "model": opt("model") or "toy", "device": opt("device"),
-                "dtype": opt("dtype"), "pairs": self.n_pairs, "seeds": list(self.seeds),
+        o = self.options
+        return {"run_id": self.run_id, "model": o.model or "toy", "device": o.device,
+                "dtype": o.dtype, "pairs": self.n_pairs, "seeds": list(self.seeds),
                 "gen_tokens": self.gen_tokens, "prompts": str(self.prompts_file or "bundled toy bank"),
-                "profile": opt("profile"), "shard": opt("shard"), "harness_commit": _git_commit(self.config.rootpath),
+                "profile": o.profile, "shard": o.shard, "harness_commit": _git_commit(self.config.rootpath),
                 "command": " ".join(["pytest", *self.config.invocation_params.args])}
 
     # -- hooks: the session object is registered as a plugin -----------------------

@@ -36,6 +36,7 @@ __all__ = [
     "parse_site",
     "map_layer",
     "check_architecture",
+    "sliding_window_of",
     "layout_for",
     "hooked_tensor",
     "with_replaced",
@@ -161,6 +162,16 @@ def _config_get(config: Any, key: str) -> Any:
     if isinstance(config, Mapping):
         return config.get(key)
     return getattr(config, key, None)
+
+
+def sliding_window_of(config: Any) -> int | None:
+    """The attention window of a model config (object or dict), or None when it attends to
+    every position. A config that names a window but disables it (Qwen2's
+    ``use_sliding_window`` false) has none."""
+    window = _config_get(config, "sliding_window")
+    if _config_get(config, "use_sliding_window") is False:
+        return None
+    return int(window) if window else None
 
 
 def check_architecture(config: Any) -> None:

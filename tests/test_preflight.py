@@ -1,0 +1,127 @@
+"""Refusals at the start of a run: one line, exit code 4, before any weights load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+
+from harness.toy import TOY_MODEL_DIR
+
+pytest_plugins = ["pytester"]
+
+CLAIM_TEST = """
+import pytest
+from harness.arms import KV_ONLY
+from harness.claims import Claim, Source
+
+CLAIM = Claim(id="c", statement="s", source=Source("f", "q"), arm=KV_ONLY, threshold=0.0,
+              direction="above")
+
+def test_claim(verify):
+    verify(CLAIM, "corrected")
+"""
+LONG = " ".join(["the lake lies in a valley"] * 100)
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Counts weight loads: a refusal must come before the first."""
+    calls = []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counting)
+    return calls
+
+
+def refused(pytester, loads, *args, match):
+    pytester.makepyfile(CLAIM_TEST)
+    result = pytester.runpytest("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    lines = [line for line in result.outlines + result.errlines if line.strip()]
+    assert len(lines) <= 2, "\n".join(lines)  # the refusal and nothing else: no traceback
+    assert not any("Traceback" in line or "INTERNALERROR" in line for line in lines)
+    result.stderr.fnmatch_lines([f"ERROR: {match}"])
+    assert loads == []
+
+
+def write_pairs(path, *pairs):
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return path
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_machine_without_it(pytester, loads):
+    refused(pytester, loads, "--device", "cuda", match="--device cuda: this machine has no CUDA device*")
+
+
+def test_a_cuda_index_beyond_the_count(pytester, loads, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    refused(pytester, loads, "--device", "cuda:3",
+            match="--device cuda:3: this machine has 2 CUDA device(s), cuda:0..cuda:1*")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_where_it_is_not_available(pytester, loads):
+    refused(pytester, loads, "--device", "mps", match="--device mps: the MPS backend is not available*")
+
+
+def test_a_prompt_shorter_than_the_window_in_the_subjects_tokens(pytester, loads, tmp_path):
+    pairs = write_pairs(tmp_path / "p.jsonl", {"id": "ok", "baseline": LONG[:200], "champion": LONG[:200]},
+                        {"id": "tiny", "baseline": LONG[:200], "champion": "the loop returns"})
+    refused(pytester, loads, "--prompts", str(pairs),
+            match="--prompts *: pair 'tiny' has a champion of 4 tokens; expected at least the patch "
+                  "window of 16 tokens*")
+
+
+def test_prompts_and_generation_beyond_the_models_positions(pytester, loads, tmp_path):
+    pairs = write_pairs(tmp_path / "p.jsonl", {"id": "long", "baseline": LONG, "champion": LONG})
+    refused(pytester, loads, "--prompts", str(pairs),
+            match="*pair 'long' has a prompt of 601 tokens, plus 24 generated, 626 positions; the model "
+                  "has max_position_embeddings 512*")
+
+
+def test_a_sliding_window_the_prompts_do_not_fit(pytester, loads, tmp_path):
+    folder = tmp_path / "windowed"
+    shutil.copytree(TOY_MODEL_DIR, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 16}))
+    refused(pytester, loads, "--model", str(folder),
+            match="sliding_window 16: pair * has a prompt of * tokens, plus 24 generated, * positions*")
+
+
+def test_a_malformed_ledger(pytester, loads, tmp_path):
+    ledger = tmp_path / "ledger.toml"
+    ledger.write_text("this is [ not toml")
+    refused(pytester, loads, "--ledger", str(ledger), match="--ledger *: unreadable ledger*")
+
+
+def test_a_report_dir_that_is_a_file(pytester, loads, tmp_path):
+    (tmp_path / "afile").write_text("")
+    refused(pytester, loads, "--report-dir", str(tmp_path / "afile"),
+            match="--report-dir *afile: a file of that name exists*")
+
+
+def test_a_report_dir_that_cannot_be_created(pytester, loads, tmp_path):
+    (tmp_path / "afile").write_text("")
+    refused(pytester, loads, "--report-dir", str(tmp_path / "afile" / "below"),
+            match="--report-dir *below: cannot write there*")
+
+
+def test_a_generation_length_beyond_the_bound_needs_allow_long(pytester, loads):
+    refused(pytester, loads, "--gen-tokens", "5000", match="--gen-tokens 5000: expected at most 1024*--allow-long*")
+
+
+def test_a_report_dir_probe_leaves_nothing_behind(pytester, tmp_path):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    target = tmp_path / "new" / "deeper"
+    assert pytester.runpytest("-p", "no:cacheprovider", "--report-dir", str(target)).ret == 0
+    assert not (tmp_path / "new").exists()
