@@ -8,27 +8,27 @@ token a second time) must transfer nothing by itself.
 """
 
 import pytest
+from finding import L27_V, NOTHING, RANDOM_SOURCE_V, SEED_FILE, WRONG_LAYER_V
 
-from harness.arms import L27_V, NOTHING, RANDOM_SOURCE_V, WRONG_LAYER_V
-from harness.claims import SEED_FILE, Claim, Source
+from harness.claims import Claim, Contrast, Efficiency, Source
 
 CONTROLS = [
     Claim(id="l27-beats-wrong-layer",
           statement="Patching V_PROJ at layer 27 transfers more than the same patch at layer 5.",
           source=Source(SEED_FILE, "L27 V_PROJ: The critical layer where contraction occurs"),
-          kind="contrast", arm=L27_V, versus=WRONG_LAYER_V, threshold=0.0, direction="above",
+          measure=Contrast(L27_V, versus=WRONG_LAYER_V), threshold=0.0, direction="above",
           must_differ_from=WRONG_LAYER_V),
     Claim(id="l27-beats-random-source",
           statement="The champion's layer-27 V activations transfer more than norm-matched random "
                     "activations at the same site.",
           source=Source(SEED_FILE, "Persistent geometric signature (V_PROJ at L27)"),
-          kind="contrast", arm=L27_V, versus=RANDOM_SOURCE_V, threshold=0.0, direction="above",
+          measure=Contrast(L27_V, versus=RANDOM_SOURCE_V), threshold=0.0, direction="above",
           must_differ_from=RANDOM_SOURCE_V),
     Claim(id="decoding-loop-alone-transfers-nothing",
           statement="The intervention arms' decoding loop with no splice and no patch transfers "
                     "nothing (the comparison every transfer claim silently relies on).",
           source=Source(SEED_FILE, "Generate token-by-token with patched KV + persistent patch"),
-          arm=NOTHING, threshold=0.2, direction="below"),
+          measure=Efficiency(NOTHING), threshold=0.2, direction="below"),
 ]
 
 

@@ -6,8 +6,9 @@ Each cell claims that KV from a partial block of layers (0..k, or k..31, as writ
 
 import pytest
 
-from harness.arms import kv_prefix, kv_suffix
-from harness.claims import SEED_FILE, Claim, Source
+from finding import SEED_FILE, kv_prefix, kv_suffix
+
+from harness.claims import Claim, Efficiency, Source
 
 SPLITS = [8, 16, 24]
 
@@ -18,7 +19,7 @@ def sweep_claim(block: str, k: int) -> Claim:
         id=f"partial-kv-{block}-{k}",
         statement=f"KV from layers {arm.name[3:]} alone transfers at least half of the behaviour.",
         source=Source(SEED_FILE, "Can we reduce from full KV to partial KV?"),
-        arm=arm, threshold=0.5, direction="above",
+        measure=Efficiency(arm), threshold=0.5, direction="above",
     )
 
 

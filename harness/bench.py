@@ -13,10 +13,12 @@ import time
 
 import torch
 
-from harness.arms import KV_ONLY
 from harness.generate import ORIGINAL, Runner
+from harness.records import Intervention
 from harness.model import load_subject
 from harness.prompts import default_pairs
+
+KV_ONLY = Intervention("kv-only", kv_layers="all")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,58 +1,38 @@
-"""Claim records and their evaluation: arms -> metric -> efficiency -> interval -> verdict.
+"""Claims and their measures, as records: what a claim computes and what it asserts.
 
-Nothing here knows about pytest; the plugin turns a :class:`ClaimResult` into
-a pass, an expected failure or a failure by way of the ledger.
+A :class:`Claim` names a *measure* (what is computed per pair), a threshold and a
+direction. Each measure type computes its own per-pair values from an evaluation
+context (see :mod:`harness.evaluate`), so adding a kind of claim means adding one
+class here:
+
+- :class:`Efficiency`: an arm's transfer efficiency, (arm - baseline) / (champion - baseline);
+- :class:`Contrast`: the difference of two arms' efficiencies, paired per pair;
+- :class:`RvDifference`: R_V(champion prompt) - R_V(baseline prompt) on the prompt
+  pass, which no protocol choice affects (it runs once, as protocol ``any``).
+
+Nothing here imports torch or pytest.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol as TypingProtocol
 
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
-from harness.generate import ArmResult, Intervention, Protocol, Runner
-from harness.metrics import distinct_2, echo_rate, efficiency, marker_rate, marker_score, r_v
-from harness.sites import Site, map_layer
-from harness.stats import (
-    DIRECTIONS,
-    GuardResult,
-    Interval,
-    cluster_bootstrap,
-    decide,
-    guard_arms_differ,
-    guard_gap_floor,
-    guard_patch_changed,
-    paired_contrast,
-)
+from harness.metrics import METRICS
+from harness.records import Intervention
 
-__all__ = [
-    "SEED_FILE",
-    "Source",
-    "Claim",
-    "ClaimResult",
-    "ArmCache",
-    "METRICS",
-    "evaluate",
-]
+__all__ = ["Source", "Claim", "Efficiency", "Contrast", "RvDifference", "DIRECTIONS", "RULE_VERSION",
+           "ANY_PROTOCOL"]
 
-SEED_FILE = "seeds/000_83d9e96518e33c6a.txt"
-KINDS = ("efficiency", "contrast", "rv")
-
-#: Per-sample metrics: (generated text, pair) -> float.
-METRICS: dict[str, Callable[[str, Any], float]] = {
-    "marker_score": lambda text, pair: float(marker_score(text)),
-    "marker_rate": lambda text, pair: marker_rate(text),
-    "distinct_2": lambda text, pair: distinct_2(text),
-    "echo_rate": lambda text, pair: echo_rate(text, pair.champion),
-}
-#: Per-pair metrics computed from the model, not from sampled text: teacher-forced mean
-#: log-probability, under an arm, of the champion's own greedy continuation.
-PAIR_METRICS = ("champion_logprob",)
-#: Smallest champion-baseline gap for which an efficiency is defined, per metric.
-FLOORS = {"marker_score": 1.0, "marker_rate": 0.05, "distinct_2": 0.05, "echo_rate": 0.05,
-          "champion_logprob": 0.1}
+#: The verdict rule's version: recorded with every ledger entry, bumped whenever a change
+#: to metrics, intervals, guards or the decision could move a verdict.
+RULE_VERSION = 2
+DIRECTIONS = ("above", "below", "within")
+#: The protocol name of a protocol-independent claim cell.
+ANY_PROTOCOL = "any"
 
 
 @dataclass(frozen=True)
@@ -63,226 +43,153 @@ class Source:
     quote: str
 
 
+class Context(TypingProtocol):
+    """What a measure may ask of the evaluation (implemented by :mod:`harness.evaluate`)."""
+
+    def efficiencies(self, arm: Intervention, metric: str) -> dict[str, float]: ...
+
+    def rv_difference(self, late: int, early: int) -> dict[str, float]: ...
+
+
+def _check_metric(metric: str | None) -> None:
+    if metric is not None and metric not in METRICS:
+        raise HarnessLookupError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}."
+                                 + did_you_mean(metric, METRICS))
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """The arm's transfer efficiency per pair on ``metric`` (None: the protocol's metric)."""
+
+    arm: Intervention
+    metric: str | None = None
+
+    protocol_independent = False
+
+    def __post_init__(self) -> None:
+        _check_metric(self.metric)
+
+    @property
+    def arms(self) -> tuple[Intervention, ...]:
+        return (self.arm,)
+
+    def describe(self, metric: str) -> str:
+        return f"efficiency of {self.arm.name} on {metric}"
+
+    def per_pair(self, ctx: Context, metric: str) -> dict[str, float]:
+        return ctx.efficiencies(self.arm, metric)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Efficiency of ``arm`` minus efficiency of ``versus``, per pair."""
+
+    arm: Intervention
+    versus: Intervention
+    metric: str | None = None
+
+    protocol_independent = False
+
+    def __post_init__(self) -> None:
+        _check_metric(self.metric)
+
+    @property
+    def arms(self) -> tuple[Intervention, ...]:
+        return (self.arm, self.versus)
+
+    def describe(self, metric: str) -> str:
+        return f"efficiency of {self.arm.name} minus that of {self.versus.name}, on {metric}"
+
+    def per_pair(self, ctx: Context, metric: str) -> dict[str, float]:
+        a, b = ctx.efficiencies(self.arm, metric), ctx.efficiencies(self.versus, metric)
+        return {p: a[p] - b[p] for p in a if p in b and not (math.isnan(a[p]) or math.isnan(b[p]))}
+
+
+@dataclass(frozen=True)
+class RvDifference:
+    """R_V(champion) - R_V(baseline) per pair, on the prompt pass.
+
+    R_V = PR(V at ``late``) / PR(V at ``early``) over the last 16 prompt positions
+    (layers as written for a 32-layer model).
+    """
+
+    late: int = 27
+    early: int = 5
+
+    protocol_independent = True
+    metric = None
+
+    @property
+    def arms(self) -> tuple[Intervention, ...]:
+        return ()
+
+    def describe(self, metric: str) -> str:
+        return f"R_V(champion) - R_V(baseline), R_V = PR(V@{self.late}) / PR(V@{self.early}), prompt pass"
+
+    def per_pair(self, ctx: Context, metric: str) -> dict[str, float]:
+        return ctx.rv_difference(self.late, self.early)
+
+
+Measure = Efficiency | Contrast | RvDifference
+
+
 @dataclass(frozen=True)
 class Claim:
     """One claim of a finding, as a test can check it.
 
-    ``efficiency``: the arm's transfer efficiency on ``metric`` is ``direction``
-    ``threshold``. ``contrast``: efficiency(arm) - efficiency(versus) is. ``rv``:
-    R_V(champion) - R_V(baseline) on the prompt pass is (layers ``rv_layers``).
-    ``must_differ_from``: an arm whose tokens must differ from the claim arm's
-    somewhere, or the claim is invalid (the intervention did nothing).
+    The claim holds when ``measure`` is ``direction`` ``threshold`` (``above``,
+    ``below``), or, for ``within``, lies in [``threshold``, ``threshold_high``]: an
+    equivalence claim such as "about 0%". ``must_differ_from``: an arm whose tokens
+    must differ from the claim arm's somewhere, or the claim is invalid (the
+    intervention did nothing). No field has a default that states a claim for you.
     """
 
     id: str
     statement: str
     source: Source
-    arm: Intervention | None = None
-    kind: str = "efficiency"
-    metric: str = "marker_score"
-    threshold: float = 0.2
-    direction: str = "below"
-    versus: Intervention | None = None
+    measure: Measure
+    threshold: float
+    direction: str
+    threshold_high: float | None = None
     must_differ_from: Intervention | None = None
-    rv_layers: tuple[int, int] = (27, 5)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise HarnessLookupError(f"claim {self.id}: kind {self.kind!r}; expected one of {', '.join(KINDS)}."
-                                     + did_you_mean(self.kind, KINDS))
-        known = (*METRICS, *PAIR_METRICS)
-        if self.metric not in known and self.kind != "rv":
-            raise HarnessLookupError(f"claim {self.id}: unknown metric {self.metric!r}; expected one of "
-                                     f"{', '.join(known)}." + did_you_mean(self.metric, known))
+        if not isinstance(self.measure, (Efficiency, Contrast, RvDifference)):
+            raise HarnessValueError(
+                f"claim {self.id}: measure {self.measure!r}; expected Efficiency, Contrast or RvDifference")
         if self.direction not in DIRECTIONS:
-            raise HarnessValueError(f"claim {self.id}: direction {self.direction!r}; expected 'above' or 'below'")
-        if self.kind != "rv" and self.arm is None:
-            raise HarnessValueError(f"claim {self.id}: an {self.kind} claim needs an arm")
-        if self.kind == "contrast" and self.versus is None:
-            raise HarnessValueError(f"claim {self.id}: a contrast claim needs 'versus'")
+            raise HarnessValueError(f"claim {self.id}: direction {self.direction!r}; expected one of "
+                                    f"{', '.join(DIRECTIONS)}." + did_you_mean(str(self.direction), DIRECTIONS))
+        if not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold):
+            raise HarnessValueError(f"claim {self.id}: threshold {self.threshold!r}; expected a finite number")
+        if self.direction == "within":
+            high = self.threshold_high
+            if not isinstance(high, (int, float)) or not math.isfinite(high) or high <= self.threshold:
+                raise HarnessValueError(
+                    f"claim {self.id}: a 'within' claim needs threshold_high > threshold, got {high!r}")
+        elif self.threshold_high is not None:
+            raise HarnessValueError(f"claim {self.id}: threshold_high is only for direction 'within'")
 
     @property
     def arms(self) -> tuple[Intervention, ...]:
-        return tuple(a for a in (self.arm, self.versus, self.must_differ_from) if a is not None)
+        extra = (self.must_differ_from,) if self.must_differ_from is not None else ()
+        return tuple(dict.fromkeys((*self.measure.arms, *extra)))
+
+    @property
+    def protocol_independent(self) -> bool:
+        return self.measure.protocol_independent
+
+    def bound_text(self) -> str:
+        if self.direction == "within":
+            return f"within [{self.threshold:g}, {self.threshold_high:g}]"
+        return f"{self.direction} {self.threshold:g}"
 
 
-@dataclass(frozen=True)
-class ClaimResult:
-    """What one claim measured under one protocol."""
-
-    claim: str
-    protocol: str
-    metric: str
-    efficiency: float
-    ci_low: float
-    ci_high: float
-    n_pairs: int
-    n_seeds: int
-    verdict: str
-    reason: str
-    threshold: float
-    direction: str
-    kv_layers: str = ""
-    sites: str = ""
-    changed_prefill: int = 0
-    changed_decode: int = 0
-    calls_prefill: int = 0
-    calls_decode: int = 0
-    statement: str = ""
-    source_file: str = ""
-    source_quote: str = ""
-    arms: tuple[str, ...] = ()
-    guards: tuple[GuardResult, ...] = ()
-    arm_results: tuple[ArmResult, ...] = field(default=(), repr=False)
-
-    def row(self) -> dict[str, Any]:
-        """The claims-table row: every field but the arm results; guards as text."""
-        keep = ("claim", "protocol", "metric", "efficiency", "ci_low", "ci_high", "n_pairs", "n_seeds",
-                "verdict", "reason", "threshold", "direction", "kv_layers", "sites", "changed_prefill",
-                "changed_decode", "calls_prefill", "calls_decode", "statement", "source_file",
-                "source_quote")
-        row = {k: getattr(self, k) for k in keep}
-        row["arms"] = list(self.arms)
-        row["guards"] = [f"{'ok' if g.ok else 'FAILED'} {g.name}: {g.message}" for g in self.guards]
-        return row
+def metric_for(claim: Claim, protocol: Any) -> str:
+    """The metric a claim is judged on under ``protocol``: the claim's own, else the protocol's."""
+    return getattr(claim.measure, "metric", None) or protocol.metric
 
 
-class ArmCache:
-    """Memoises arm results per (pair, arm, protocol, seeds) for one runner."""
-
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-        self._done: dict[tuple, ArmResult] = {}
-
-    def get(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: Sequence[int]) -> ArmResult:
-        key = (pair.id, pair.baseline, pair.champion, arm, protocol, tuple(seeds))
-        if key not in self._done:
-            self._done[key] = self.runner.run(pair, arm, protocol, seeds)
-        return self._done[key]
-
-    def logprob(self, pair: Any, arm: str | Intervention, protocol: Protocol) -> float:
-        """Teacher-forced mean log-probability of the champion's greedy continuation under ``arm``."""
-        key = ("logprob", pair.id, pair.baseline, pair.champion, arm, protocol)
-        if key not in self._done:
-            continuation = self.runner.champion_continuation(pair, protocol)
-            self._done[key] = self.runner.continuation_logprob(pair, arm, protocol, continuation)
-        return self._done[key]
-
-
-def _metric_by_pair(results: Mapping[str, ArmResult], metric: str, pairs: Mapping[str, Any]) -> dict[str, float]:
-    fn = METRICS[metric]
-    out = {}
-    for pid, res in results.items():
-        vals = [fn(t, pairs[pid]) for t in res.texts]
-        finite = [v for v in vals if not math.isnan(v)]
-        out[pid] = sum(finite) / len(finite) if finite else math.nan
-    return out
-
-
-def _efficiencies(claim: Claim, arm: Intervention, cache: ArmCache, pairs: Sequence[Any],
-                  protocol: Protocol, seeds: Sequence[int]) -> tuple[dict, dict, dict[str, ArmResult], list[ArmResult]]:
-    by_id = {p.id: p for p in pairs}
-    runs = {name: {p.id: cache.get(p, name, protocol, seeds) for p in pairs} for name in ("baseline", "champion")}
-    arm_runs = {p.id: cache.get(p, arm, protocol, seeds) for p in pairs}
-    if claim.metric in PAIR_METRICS:
-        base, champ, value = ({p.id: cache.logprob(p, a, protocol) for p in pairs}
-                              for a in ("baseline", "champion", arm))
-    else:
-        base = _metric_by_pair(runs["baseline"], claim.metric, by_id)
-        champ = _metric_by_pair(runs["champion"], claim.metric, by_id)
-        value = _metric_by_pair(arm_runs, claim.metric, by_id)
-    floor = FLOORS[claim.metric]
-    gaps = {pid: champ[pid] - base[pid] for pid in by_id}
-    effs = {pid: efficiency(value[pid], base[pid], champ[pid], floor) for pid in by_id}
-    references = [r for name in ("baseline", "champion") for r in runs[name].values()]
-    return effs, gaps, arm_runs, references
-
-
-def _patch_summary(arm_runs: Mapping[str, ArmResult]) -> tuple[list[GuardResult], dict[str, int], str]:
-    """Guards that each declared phase of each patch changed something, summed over pairs."""
-    totals: dict[tuple[str, int], dict[str, list[int]]] = {}
-    declared: tuple[str, ...] = ()
-    for res in arm_runs.values():
-        declared = res.declared_phases or declared
-        for c in res.patch_counts:
-            slot = totals.setdefault((c.site, c.layer), {})
-            calls, changed = slot.setdefault(c.phase, [0, 0])
-            slot[c.phase] = [calls + c.calls, changed + c.changed]
-    guards, sums = [], {"calls_prefill": 0, "calls_decode": 0, "changed_prefill": 0, "changed_decode": 0}
-    for (site, layer), phases in totals.items():
-        guards.append(guard_patch_changed({p: v[1] for p, v in phases.items()}, declared, site=f"{site}(L{layer})"))
-        for phase, (calls, changed) in phases.items():
-            sums[f"calls_{phase}"] += calls
-            sums[f"changed_{phase}"] += changed
-    sites = ";".join(f"{site}->L{layer}" for site, layer in totals)
-    return guards, sums, sites
-
-
-def _rv_by_pair(claim: Claim, runner: Runner, pairs: Sequence[Any], window: int) -> dict[str, float]:
-    late, early = (Site("v_proj", layer) for layer in claim.rv_layers)
-    out = {}
-    for p in pairs:
-        rv = {}
-        for which, text in (("b", p.baseline), ("c", p.champion)):
-            rv[which] = r_v(runner.activation(text, late), runner.activation(text, early), window=window)
-        out[p.id] = rv["c"] - rv["b"]
-    return out
-
-
-def evaluate(claim: Claim, cache: ArmCache, pairs: Sequence[Any], protocol: Protocol,
-             seeds: Sequence[int], n_boot: int = 2000) -> ClaimResult:
-    """Run every arm the claim needs and decide its verdict under ``protocol``."""
-    if not pairs:
-        raise HarnessValueError(f"claim {claim.id}: no prompt pairs to evaluate on")
-    runner = cache.runner
-    guards: list[GuardResult] = []
-    sums: dict[str, int] = {}
-    sites, kv_layers, arm_results = "", "", []
-    if claim.kind == "rv":
-        values = _rv_by_pair(claim, runner, pairs, protocol.window)
-        interval: Interval = cluster_bootstrap({k: [v] for k, v in values.items()}, n_boot=n_boot)
-        n_layers = runner.layout.n_layers
-        sites = ";".join(f"v_proj@{layer}->L{map_layer(layer, n_layers)}" for layer in claim.rv_layers)
-    else:
-        effs, gaps, arm_runs, references = _efficiencies(claim, claim.arm, cache, pairs, protocol, seeds)
-        guards.append(guard_gap_floor(gaps, FLOORS[claim.metric]))
-        patch_guards, sums, sites = _patch_summary(arm_runs)
-        guards += patch_guards
-        arm_results = references + list(arm_runs.values())
-        first = next(iter(arm_runs.values()))
-        kv_layers = _layers_text(first.kv_layers, runner.layout.n_layers)
-        if claim.kind == "contrast":
-            other, _, other_runs, _ = _efficiencies(claim, claim.versus, cache, pairs, protocol, seeds)
-            interval = paired_contrast({k: [v] for k, v in effs.items()}, {k: [v] for k, v in other.items()}, n_boot=n_boot)
-            arm_results += list(other_runs.values())
-            # The comparison arm's patches must have acted too, or the contrast means nothing.
-            guards += [g for g in _patch_summary(other_runs)[0] if g not in guards]
-        else:
-            interval = cluster_bootstrap({k: [v] for k, v in effs.items()}, n_boot=n_boot)
-        if claim.must_differ_from is not None:
-            other_runs = {p.id: cache.get(p, claim.must_differ_from, protocol, seeds) for p in pairs}
-            arm_results += [r for r in other_runs.values() if r not in arm_results]
-            guards.append(guard_arms_differ(
-                {k: r.tokens for k, r in arm_runs.items()}, {k: r.tokens for k, r in other_runs.items()},
-                names=(claim.arm.name, claim.must_differ_from.name)))
-    decision = decide(interval, claim.threshold, claim.direction, guards)
-    return ClaimResult(
-        claim=claim.id, protocol=protocol.name, metric=claim.metric if claim.kind != "rv" else "r_v",
-        efficiency=interval.estimate, ci_low=interval.low, ci_high=interval.high,
-        n_pairs=interval.n_pairs, n_seeds=len(seeds) if claim.kind != "rv" else 0,
-        verdict=str(decision.verdict), reason=decision.reason, threshold=claim.threshold,
-        direction=claim.direction, kv_layers=kv_layers, sites=sites, guards=tuple(guards),
-        statement=claim.statement, source_file=claim.source.file, source_quote=claim.source.quote,
-        arms=tuple(dict.fromkeys(r.arm for r in arm_results)),
-        arm_results=tuple(arm_results), **sums,
-    )
-
-
-def _layers_text(layers: Sequence[int], n_layers: int) -> str:
-    if not layers:
-        return ""
-    if tuple(layers) == tuple(range(n_layers)):
-        return f"all({n_layers})"
-    if tuple(layers) == tuple(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}..{layers[-1]}"
-    return ",".join(map(str, layers))
+def describe_settings(settings: Mapping[str, Any]) -> str:
+    """A canonical one-line text of the settings a verdict was measured with (the ledger key)."""
+    return " ".join(f"{k}={settings[k]}" for k in sorted(settings))

@@ -29,112 +29,22 @@ Two built-in protocols (see DESIGN.md):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
-from harness.kv import cache_kwarg, check_fits_window, output_cache, prefill, resolve_layers, splice
-from harness.patches import PatchCount, PatchSpec, install, norm_matched_random, record, source_site
-from harness.sites import SOURCE_DEPTH, map_layer, parse_site
+from harness.errors import HarnessLookupError, HarnessValueError
+from harness.kv import cache_kwarg, check_fits_window, output_cache, prefill, splice
+from harness.patches import PatchSpec, install, norm_matched_random, record, source_site
+from harness.records import CORRECTED, ORIGINAL, PROTOCOLS, ArmResult, Intervention, Protocol, get_protocol
+from harness.sites import parse_site
 
-__all__ = [
-    "Protocol",
-    "ORIGINAL",
-    "CORRECTED",
-    "PROTOCOLS",
-    "Intervention",
-    "ArmResult",
-    "SeededSampler",
-    "Runner",
-    "get_protocol",
-]
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Every choice that is not the intervention."""
-
-    name: str
-    align: str
-    refeed_last: bool
-    patch_mode: str
-    patch_phases: tuple[str, ...]
-    temperature: float = 0.8
-    top_k: int | None = None
-    reference_top_k: int | None = None
-    gen_tokens: int = 32
-    window: int = 16
-    decode_source: str = "last"
-    greedy: bool = False
-    stop_at_eos: bool = True
-
-    def with_(self, **changes: Any) -> Protocol:
-        return dataclasses.replace(self, **changes)
-
-
-ORIGINAL = Protocol(
-    "original", align="right", refeed_last=True, patch_mode="original",
-    patch_phases=("decode",), reference_top_k=50,
-)
-CORRECTED = Protocol(
-    "corrected", align="right-rerotated", refeed_last=False, patch_mode="corrected",
-    patch_phases=("prefill", "decode"),
-)
-PROTOCOLS = {p.name: p for p in (ORIGINAL, CORRECTED)}
-
-
-def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise HarnessLookupError(
-            f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}."
-            + did_you_mean(name, PROTOCOLS)
-        )
-    return PROTOCOLS[name]
-
-
-@dataclass(frozen=True)
-class Intervention:
-    """A KV splice (layers as written for a 32-layer model) and/or persistent patches.
-
-    ``source`` is ``"champion"`` or ``"random"`` (norm-matched random
-    activations in place of the champion's, a control).
-    """
-
-    name: str
-    kv_layers: str | tuple[int, ...] | None = None
-    patches: tuple[str, ...] = ()
-    source: str = "champion"
-
-    def __post_init__(self) -> None:
-        for text in self.patches:
-            parse_site(text)
-        if self.source not in ("champion", "random"):
-            raise HarnessValueError(f"intervention source {self.source!r}; expected 'champion' or 'random'")
-        if isinstance(self.kv_layers, str) and self.kv_layers != "all":
-            raise HarnessValueError(f"kv_layers {self.kv_layers!r}; expected 'all', a tuple of layers or None")
-        if self.kv_layers is not None and not isinstance(self.kv_layers, str):
-            for layer in self.kv_layers:
-                map_layer(layer, SOURCE_DEPTH)  # refuses a layer outside the finding's 0..31 now
-
-
-@dataclass(frozen=True)
-class ArmResult:
-    """One arm of one pair under one protocol: generated tokens per seed, patch counts."""
-
-    pair_id: str
-    arm: str
-    protocol: str
-    seeds: tuple[int, ...]
-    tokens: tuple[tuple[int, ...], ...]
-    texts: tuple[str, ...]
-    patch_counts: tuple[PatchCount, ...] = ()
-    kv_layers: tuple[int, ...] = ()
-    declared_phases: tuple[str, ...] = field(default=())
+__all__ = ["SeededSampler", "Runner",
+           # re-exported records, for code that imports them from here
+           "Protocol", "ORIGINAL", "CORRECTED", "PROTOCOLS", "Intervention", "ArmResult", "get_protocol"]
 
 
 class SeededSampler:
@@ -185,6 +95,10 @@ class Runner:
         self._acts: dict[tuple[str, Any], torch.Tensor] = {}
         self._greedy: dict[tuple[str, int], tuple[int, ...]] = {}
         self._generations: dict[tuple[str, Protocol, tuple[int, ...]], torch.Tensor] = {}
+        # The one memo of arm results and scores: keyed by what determines them (the pair's
+        # prompts, the intervention itself, the protocol, the seeds), never by names.
+        self._runs: dict[tuple, ArmResult] = {}
+        self._scores: dict[tuple, float] = {}
 
     # -- per-prompt data, computed once ---------------------------------------
     def ids(self, text: str) -> torch.Tensor:
@@ -209,10 +123,24 @@ class Runner:
 
     # -- arms -----------------------------------------------------------------
     def run(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: Sequence[int]) -> ArmResult:
-        """Generate ``protocol.gen_tokens`` tokens for every seed in one batch."""
+        """Generate ``protocol.gen_tokens`` tokens for every seed in one batch (memoised)."""
         seeds = tuple(int(s) for s in seeds)
         if not seeds:
             raise HarnessValueError("no seeds given; pass at least one seed")
+        key = (pair.baseline, pair.champion, pair.id, arm, protocol, seeds)
+        if key not in self._runs:
+            self._runs[key] = self._run(pair, arm, protocol, seeds)
+        return self._runs[key]
+
+    def score(self, pair: Any, arm: str | Intervention, protocol: Protocol) -> float:
+        """Mean log-probability under ``arm`` of the champion's greedy continuation (memoised)."""
+        key = (pair.baseline, pair.champion, arm, protocol)
+        if key not in self._scores:
+            self._scores[key] = self.continuation_logprob(pair, arm, protocol,
+                                                          self.champion_continuation(pair, protocol))
+        return self._scores[key]
+
+    def _run(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...]) -> ArmResult:
         with self._armed(pair, arm, protocol, seeds) as state:
             raw = self._generate(state.input_ids, state.snapshot, protocol, seeds, state.top_k)
         rows = self._until_eos(raw, protocol)
@@ -226,10 +154,13 @@ class Runner:
                              continuation: Sequence[int]) -> float:
         """Mean log-probability, teacher-forced under ``arm``, of the tokens ``continuation``.
 
-        Tokens are fed one per step through the KV cache, exactly as decoding
-        would feed them, so decode-phase patches act as they do when sampling
-        (an ``aligned`` decode source is the champion's activations over this
-        same continuation).
+        The tokens go through the KV cache after the arm's prefill and splice, so
+        decode-phase patches act on them as when sampling (an ``aligned`` decode
+        source is the champion's activations over this same continuation). Under
+        the corrected protocol they go in one forward pass (its patches treat every
+        slot alike however many arrive at once: tested against step-by-step decoding);
+        under the original one step at a time, since its hook fires only on calls of
+        at least ``window`` positions, which decoding never makes.
         """
         if not continuation:
             raise HarnessValueError("empty continuation: nothing to score")
@@ -240,6 +171,13 @@ class Runner:
             if snap is None:
                 snap = prefill(self.model, state.input_ids[:, :-1])[1]
             cache, step = snap.to_cache(), state.input_ids[:, snap.seq_len:]
+            if not protocol.refeed_last:
+                feed = torch.cat([step, torch.tensor([list(continuation[:-1])], device=self.device,
+                                                     dtype=step.dtype)], dim=1)
+                logits = self.model(input_ids=feed, use_cache=True, **{kw: cache}).logits[0, -len(continuation):]
+                logp = torch.log_softmax(logits.float(), -1)
+                targets = torch.tensor(continuation, device=logp.device)
+                return float(logp.gather(1, targets[:, None]).mean())
             for token in continuation:
                 out = self.model(input_ids=step, use_cache=True, **{kw: cache})
                 total += float(torch.log_softmax(out.logits[0, -1].float(), -1)[token])
@@ -277,7 +215,7 @@ class Runner:
             for p in arm.patches
         ]
         sources, source_len = self._sources(pair, specs, arm, protocol, seeds, continuation)
-        kv_layers = self._kv_layers(arm)
+        kv_layers = arm.mapped_kv_layers(self.layout.n_layers)
         ids_b = self.ids(pair.baseline)
 
         # Clean passes, computed (and memoised) before any hook is installed: the
@@ -306,14 +244,6 @@ class Runner:
                 # Under the prefill patches: not memoised.
                 snap, ids = spliced(prefill(self.model, ids_b[:, :-1])[1]), ids_b
             yield _ArmState(arm.name, ids, snap, protocol.top_k, tuple(handles), kv_layers)
-
-    def _kv_layers(self, arm: Intervention) -> tuple[int, ...]:
-        if arm.kv_layers is None:
-            return ()
-        n_layers = self.layout.n_layers
-        if arm.kv_layers == "all":
-            return resolve_layers("all", n_layers)
-        return resolve_layers([map_layer(layer, n_layers) for layer in arm.kv_layers], n_layers)
 
     def _generate(self, input_ids: torch.Tensor, cache: Any, protocol: Protocol, seeds: tuple[int, ...],
                   top_k: int | None) -> torch.Tensor:

@@ -1,11 +1,10 @@
 """Version-agnostic KV-cache access, immutable snapshots, and the splice.
 
-This is the one module that knows the transformers cache API. It differs between
-4.x (forward argument ``past_key_values=``, output ``outputs.past_key_values``)
-and 5.x (``cache=`` / ``outputs.cache``; no legacy tuple conversion). Everything
-else in the harness works with :class:`KVSnapshot`, an immutable per-layer copy
-of a cache, and turns it back into a fresh cache with :meth:`KVSnapshot.to_cache`
-for each forward pass, so a pass that extends the cache never changes a snapshot.
+The harness works with :class:`KVSnapshot`, an immutable per-layer copy of a
+cache, and turns it back into a fresh cache with :meth:`KVSnapshot.to_cache` for
+each forward pass, so a pass that extends the cache never changes a snapshot. What
+differs between transformers 4.x and 5.x (the forward argument and output field
+of the cache, its layer objects) is in :mod:`harness.compat`.
 
 Tensor shapes: keys and values per layer are ``(batch, n_kv_heads, seq, head_dim)``;
 keys are stored *after* the rotary embedding, i.e. already rotated to their position.
@@ -14,15 +13,12 @@ Splices assume unpadded rows (or rows padded identically in target and source).
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
-
+from harness.compat import cache_from_kwargs, cache_kwarg, cache_layers, new_cache, output_cache
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
 from harness.sites import sliding_window_of
 
@@ -41,41 +37,6 @@ __all__ = [
 ]
 
 ALIGNMENTS: tuple[str, ...] = ("right", "left", "right-rerotated")
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_kwarg_for(forward: Any) -> str:
-    params = inspect.signature(forward).parameters
-    if "cache" in params:
-        return "cache"
-    if "past_key_values" in params:
-        return "past_key_values"
-    import transformers  # forward(**kwargs) wrappers: fall back on the library version
-
-    return "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
-
-
-def cache_kwarg(model: Any) -> str:
-    """The name of the forward argument that takes a cache: "cache" or "past_key_values"."""
-    return _cache_kwarg_for(type(model).forward)
-
-
-def output_cache(outputs: Any) -> Any:
-    """The cache object of a model output (``.cache`` in 5.x, ``.past_key_values`` in 4.x)."""
-    for name in ("cache", "past_key_values"):
-        value = getattr(outputs, name, None)
-        if value is not None:
-            return value
-    raise HarnessValueError("model output carries no cache; call the model with use_cache=True")
-
-
-def cache_from_kwargs(kwargs: dict[str, Any]) -> Any:
-    """The cache passed to a forward call (e.g. seen by a pre-hook with kwargs), or None."""
-    for name in ("cache", "past_key_values"):
-        value = kwargs.get(name)
-        if value is not None:
-            return value
-    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,7 +86,7 @@ class KVSnapshot:
     def head_dim(self) -> int:
         return int(self.keys[0].shape[3])
 
-    def to_cache(self, batch: int | None = None) -> DynamicCache:
+    def to_cache(self, batch: int | None = None) -> Any:
         """A fresh DynamicCache holding clones of this snapshot.
 
         With ``batch`` given and a batch-1 snapshot, rows are repeated to ``batch``.
@@ -145,7 +106,7 @@ class KVSnapshot:
             # expand() is a view; clone() makes contiguous storage the cache may own.
             return t.expand(rows, *t.shape[1:]).clone()
 
-        cache = DynamicCache()
+        cache = new_cache()
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
             cache.update(fresh(k), fresh(v), i)
         return cache
@@ -155,13 +116,7 @@ def snapshot(cache: Any) -> KVSnapshot:
     """Clone a DynamicCache (either library version) or a legacy tuple into a snapshot."""
     if isinstance(cache, KVSnapshot):
         return cache
-    if isinstance(cache, (tuple, list)):
-        pairs = [(layer[0], layer[1]) for layer in cache]
-    else:
-        layers = getattr(cache, "layers", None)
-        if layers is None:
-            raise HarnessValueError(f"unsupported cache type {type(cache).__name__}")
-        pairs = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in layers]
+    pairs = cache_layers(cache)
     for i, (k, v) in enumerate(pairs):
         if not isinstance(k, torch.Tensor) or not isinstance(v, torch.Tensor):
             raise HarnessValueError(f"cache layer {i} is empty (no keys/values yet)")
@@ -200,7 +155,7 @@ def prefill(
     check_fits_window(model.config, int(input_ids.shape[1]))
     with torch.no_grad():
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
-                        **{cache_kwarg(model): DynamicCache()})
+                        **{cache_kwarg(model): new_cache()})
     return outputs.logits, snapshot(output_cache(outputs))
 
 

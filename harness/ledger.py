@@ -1,46 +1,56 @@
-"""The ledger of known verdicts per (model identity, claim, protocol).
+"""The ledger of known verdicts per (model, settings, claim, protocol).
 
-Entries are measured, never written in by hand: ``python -m harness.ledger
-update REPORT_DIR`` copies the verdicts of a finished run into the ledger, each
-pointing at that run's report. At test time :func:`judge` compares a measured
-verdict with the ledger:
+Entries are measured, never written in by hand: ``python -m harness.ledger update
+REPORT_DIR`` copies the verdicts of a finished run into the ledger, each pointing
+at that run's report and recording the *settings* that produced it (pairs, seeds,
+tokens, prompts file hash, dtype, the verdict rule's version). A verdict measured
+with other settings is a different measurement: it neither matches nor replaces
+an entry. At test time :func:`judge` compares a measured verdict with the entry
+for the run's own model and settings:
 
 - a verdict equal to a known entry that is not ``supported`` is an expected
   failure (xfail, with the recorded reason);
 - a verdict equal to a known ``supported`` entry passes;
 - any other verdict with an entry fails (the finding's status changed);
 - with no entry, the claim must be ``supported`` to pass.
+
+This module imports neither torch nor transformers.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import os
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessLookupError, HarnessValueError
+from harness.errors import HarnessError, HarnessLookupError, HarnessValueError
 
-__all__ = ["Entry", "Ledger", "Outcome", "judge", "DEFAULT_LEDGER"]
+__all__ = ["Entry", "Ledger", "Outcome", "judge", "DEFAULT_LEDGER", "main"]
 
 DEFAULT_LEDGER = Path("claims") / "ledger.toml"
-_FIELDS = ("model", "claim", "protocol", "verdict", "reason", "report")
+_FIELDS = ("model", "settings", "claim", "protocol", "verdict", "reason", "report")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A verdict measured by a run, and where its report is."""
+    """A verdict measured by a run with the given settings, and where its report is."""
 
     model: str
+    settings: str
     claim: str
     protocol: str
     verdict: str
     reason: str
     report: str
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.model, self.settings, self.claim, self.protocol)
 
 
 @dataclass(frozen=True)
@@ -52,11 +62,11 @@ class Outcome:
 
 
 class Ledger:
-    """Known verdicts, keyed by (model identity, claim id, protocol)."""
+    """Known verdicts, keyed by (model identity, settings, claim id, protocol)."""
 
     def __init__(self, entries: Iterable[Entry] = (), path: Path | None = None) -> None:
         self.path = path
-        self.entries = {(e.model, e.claim, e.protocol): e for e in entries}
+        self.entries = {e.key: e for e in entries}
 
     @classmethod
     def load(cls, path: str | Path) -> Ledger:
@@ -64,31 +74,34 @@ class Ledger:
         if not path.is_file():
             return cls(path=path)
         try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise HarnessValueError(f"{path}: unreadable ledger ({exc})") from exc
         entries = []
         for i, raw in enumerate(data.get("verdict", []), start=1):
             missing = [f for f in _FIELDS if f not in raw]
             if missing:
-                raise HarnessValueError(f"{path}: verdict entry {i} lacks {', '.join(missing)}")
+                raise HarnessValueError(f"{path}: verdict entry {i} lacks {', '.join(missing)}; "
+                                        "regenerate it with `python -m harness.ledger update REPORT_DIR`")
             entries.append(Entry(**{f: str(raw[f]) for f in _FIELDS}))
         return cls(entries, path)
 
-    def lookup(self, model: str, claim: str, protocol: str) -> Entry | None:
-        return self.entries.get((model, claim, protocol))
+    def lookup(self, model: str, settings: str, claim: str, protocol: str) -> Entry | None:
+        return self.entries.get((model, settings, claim, protocol))
 
-    def merged(self, rows: Iterable[Mapping[str, str]], model: str, report: str) -> Ledger:
-        """A new ledger with the measured verdicts of ``rows`` for ``model`` replacing old ones."""
-        entries = dict(self.entries)
-        for row in rows:
-            entry = Entry(model, row["claim"], row["protocol"], row["verdict"], row["reason"], report)
-            entries[(entry.model, entry.claim, entry.protocol)] = entry
-        return Ledger(entries.values(), self.path)
+    def covers(self, model: str, settings: str) -> bool:
+        """Whether any entry was measured on this model with these settings."""
+        return any(k[:2] == (model, settings) for k in self.entries)
+
+    def merged(self, entries: Iterable[Entry]) -> Ledger:
+        """A new ledger where ``entries`` replace those of the same model, settings, claim and protocol."""
+        out = dict(self.entries)
+        out.update({e.key: e for e in entries})
+        return Ledger(out.values(), self.path)
 
     def dumps(self) -> str:
-        lines = ["# Known verdicts, measured by the runs whose reports they name.",
-                 "# Regenerate with: python -m harness.ledger update REPORT_DIR", ""]
+        lines = ["# Known verdicts, measured by the runs whose reports they name, with the settings",
+                 "# that produced them. Regenerate with: python -m harness.ledger update REPORT_DIR", ""]
         for key in sorted(self.entries):
             e = self.entries[key]
             lines.append("[[verdict]]")
@@ -102,7 +115,8 @@ def judge(verdict: str, entry: Entry | None) -> Outcome:
     if entry is None:
         if verdict == "supported":
             return Outcome("pass", "supported")
-        return Outcome("fail", f"measured {verdict}; a claim with no ledger entry must be supported")
+        return Outcome("fail", f"measured {verdict}; a claim with no ledger entry for these settings must "
+                               "be supported")
     if verdict == entry.verdict:
         if verdict == "supported":
             return Outcome("pass", f"supported, as recorded in {entry.report}")
@@ -111,33 +125,64 @@ def judge(verdict: str, entry: Entry | None) -> Outcome:
                            f"(from {entry.report}); re-check the claim or update the ledger")
 
 
-def _update(report_dir: Path, ledger_path: Path) -> int:
-    csv_path = report_dir / "claims.csv"
-    if not csv_path.is_file():
-        raise HarnessLookupError(f"{csv_path}: no claims.csv; run `pytest claims/ --report-dir {report_dir}` first")
-    with csv_path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        raise HarnessValueError(f"{csv_path}: no claim rows")
-    models = {r["model"] for r in rows}
-    if len(models) != 1:
-        raise HarnessValueError(f"{csv_path}: rows from several models ({', '.join(sorted(models))})")
-    summary = report_dir / "summary.md"
-    report = str(summary if summary.exists() else csv_path)
-    ledger = Ledger.load(ledger_path).merged(rows, models.pop(), report)
-    ledger_path.write_text(ledger.dumps())
-    print(f"{ledger_path}: {len(rows)} verdicts from {report}")
-    return 0
+def _report_path(report_dir: Path) -> str:
+    """The run folder's real path (a ``latest`` link is followed), relative to here when inside."""
+    real = report_dir.resolve()
+    summary = real / "summary.md"
+    target = summary if summary.exists() else real / "claims.csv"
+    try:
+        return str(target.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(target)
+
+
+def update(report_dir: Path, ledger_path: Path) -> tuple[int, int]:
+    """Record a run's verdicts; return (entries written, entries of other settings left alone)."""
+    from harness.report import load_run
+
+    if not report_dir.is_dir():
+        raise HarnessLookupError(f"{report_dir}: no such run folder; pass the folder a run wrote, "
+                                 "e.g. reports/reference/toy")
+    if not (report_dir / "claims.csv").is_file():
+        raise HarnessLookupError(f"{report_dir}: no claims.csv; run `pytest claims/ --report-dir {report_dir}` first")
+    run = load_run(report_dir)
+    if not run.claims:
+        raise HarnessValueError(f"{report_dir}: no claim rows")
+    if not run.complete:
+        raise HarnessValueError(f"{report_dir}: the run is incomplete; record verdicts from a finished run")
+    keys = {(r.model, r.settings) for r in run.claims}
+    if len(keys) != 1 or not all(keys.pop()):
+        raise HarnessValueError(f"{report_dir}: rows from several models or settings, or without them")
+    report = _report_path(report_dir)
+    entries = [Entry(r.model, r.settings, r.claim, r.protocol, r.verdict, r.reason, report) for r in run.claims]
+    ledger = Ledger.load(ledger_path)
+    model, settings = entries[0].model, entries[0].settings
+    others = sum(1 for k in ledger.entries if k[:2] != (model, settings))
+    tmp = ledger_path.with_name(ledger_path.name + ".tmp")
+    tmp.write_text(ledger.merged(entries).dumps(), encoding="utf-8")
+    os.replace(tmp, ledger_path)
+    return len(entries), others
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.ledger", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.ledger",
+        description="Record the verdicts a run measured in the ledger of known verdicts.")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("update", help="copy a run's measured verdicts into the ledger")
-    up.add_argument("report_dir", type=Path)
+    up = sub.add_parser("update", help="copy a finished run's measured verdicts into the ledger",
+                        description="Copy a finished run's verdicts into the ledger. Entries of the same model "
+                                    "and settings are replaced; entries measured with other settings stay.")
+    up.add_argument("report_dir", type=Path, metavar="REPORT_DIR")
     up.add_argument("--ledger", type=Path, default=DEFAULT_LEDGER)
     args = parser.parse_args(argv)
-    return _update(args.report_dir, args.ledger)
+    try:
+        written, others = update(args.report_dir, args.ledger)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.ledger}: {written} verdicts from {_report_path(args.report_dir)}; "
+          f"{others} entries of other settings left as they were")
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,9 @@ import numpy as np
 from harness.errors import HarnessValueError
 
 __all__ = [
+    "Metric",
+    "METRICS",
+    "sample_metrics",
     "MARKERS",
     "marker_score",
     "marker_rate",
@@ -237,3 +242,46 @@ def efficiency_original(arm: float, baseline: float, champion: float) -> float:
     if gap <= 0:
         return 0.0
     return (arm - baseline) / gap
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A behaviour metric: how it is computed, and the smallest champion-baseline gap
+    (``floor``) for which an efficiency on it is defined.
+
+    ``per_sample`` maps (generated text, champion prompt) to a number; a metric without
+    it is computed from the model per pair (teacher-forced), by the runner.
+    """
+
+    name: str
+    floor: float
+    description: str
+    per_sample: Callable[[str, str], float] | None = None
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("marker_score", 1.0, "the original's score: distinct markers found as substrings, plus 5 when "
+           "fewer than 60% of the words are distinct (rewards repetition)",
+           lambda text, champion: float(marker_score(text))),
+    Metric("marker_rate", 0.05, "word-bounded marker occurrences per generated word, no repetition bonus",
+           lambda text, champion: marker_rate(text)),
+    Metric("distinct_2", 0.05, "distinct word bigrams / all bigrams (1: no repetition)",
+           lambda text, champion: distinct_2(text)),
+    Metric("echo_rate", 0.05, "share of the text's word 4-grams copied from the champion prompt",
+           lambda text, champion: echo_rate(text, champion)),
+    Metric("champion_logprob", 0.1, "mean log-probability per token, teacher-forced under the arm, of the "
+           "champion's own greedy continuation (model-based: no text heuristics)"),
+)}
+
+
+def sample_metrics(text: str, champion_prompt: str) -> dict[str, float | None]:
+    """Every per-sample metric of one generated text, computed once (None where undefined)."""
+    out: dict[str, float | None] = {}
+    for metric in METRICS.values():
+        if metric.per_sample is not None:
+            value = metric.per_sample(text, champion_prompt)
+            out[metric.name] = None if math.isnan(value) else value
+    return out

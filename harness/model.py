@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.compat import dtype_kwarg
 from harness.errors import HarnessLookupError, HarnessValueError
 
 __all__ = ["Subject", "load_subject", "check_device", "check_dtype", "DTYPES"]
@@ -152,13 +153,6 @@ def _torch_dtype(dtype: str) -> Any:
     return getattr(torch, dtype)
 
 
-def _dtype_kwarg() -> str:
-    import transformers
-
-    major = int(transformers.__version__.split(".")[0])
-    return "dtype" if major >= 5 else "torch_dtype"
-
-
 def load_subject(
     spec: str | os.PathLike | None = None,
     *,
@@ -204,7 +198,7 @@ def load_subject(
             ) from exc
         check_architecture(config)
     load_kwargs = dict(common, use_safetensors=None if allow_pickle else True)
-    load_kwargs[_dtype_kwarg()] = _torch_dtype(dtype)
+    load_kwargs[dtype_kwarg()] = _torch_dtype(dtype)
     if device == "auto":
         load_kwargs["device_map"] = "auto"
     model = transformers.AutoModelForCausalLM.from_pretrained(source, **load_kwargs)

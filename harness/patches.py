@@ -45,7 +45,8 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
-from harness.kv import cache_from_kwargs
+from harness.compat import cache_from_kwargs
+from harness.records import PatchCount
 from harness.sites import Site, hooked_tensor, parse_site, with_replaced
 
 __all__ = [
@@ -102,17 +103,6 @@ class PatchSpec:
             )
         if not isinstance(self.window, int) or self.window < 1:
             raise HarnessValueError(f"patch window {self.window!r}; expected a positive integer")
-
-
-@dataclass(frozen=True)
-class PatchCount:
-    """What one patch did in one phase: calls seen and values actually changed."""
-
-    site: str
-    layer: int
-    phase: str
-    calls: int
-    changed: int
 
 
 def source_site(spec: PatchSpec) -> Site:

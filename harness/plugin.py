@@ -1,7 +1,9 @@
 """The harness's pytest plugin: options, one session object, fixtures, hooks.
 
 Importing this module loads neither torch nor transformers: the model loads on
-first use of the ``subject`` fixture, once per worker process.
+first use of the ``subject`` fixture, once per worker process. The run's report is
+written by :class:`harness.collector.Collector`, registered on the controlling
+process only (as pytest's own junitxml plugin is).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from harness.errors import HarnessError
 
 PROFILES = {
     # name: (pairs, seeds, gen_tokens)
-    "quick": (6, 6, 24),
+    "quick": (12, 6, 24),
     "full": (None, 16, 200),
 }
 
@@ -37,12 +39,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="JSONL file of pairs, one {\"baseline\", \"champion\", \"id\"?} per line "
                          "(default: the bundled toy bank)")
     group.addoption("--profile", default="quick", choices=tuple(PROFILES),
-                    help="quick: few pairs, seeds and tokens; full: every pair, 16 seeds, the "
+                    help="quick: 12 pairs, 6 seeds, 24 tokens; full: every pair, 16 seeds, the "
                          "original's 200 tokens (default: quick)")
     group.addoption("--pairs", type=int, default=None, metavar="N",
                     help="use N pairs spread evenly over the bank (default: from --profile)")
     group.addoption("--seeds", type=int, default=None, metavar="N",
-                    help="samples per arm and pair, seeds 0..N-1, paired across arms "
+                    help="samples per arm and pair, with seeds of the pair's own, shared by its arms "
                          "(default: from --profile)")
     group.addoption("--gen-tokens", type=int, default=None, metavar="N",
                     help="tokens generated per sample (default: from --profile)")
@@ -57,10 +59,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="allow pickle checkpoints (*.bin); loading pickle runs code from the file")
     group.addoption("--trust-remote-code", action="store_true", default=False,
                     help="allow the model's own Python code from the hub to run")
-
-
     group.addoption("--allow-long", action="store_true", default=False,
                     help="allow --gen-tokens above 1024 (every arm, pair and seed pays for it)")
+    parser.addini("harness_family_size", type="string", default="",
+                  help="number of claim cells in the claims suite: the family whose chance of any false "
+                       "decisive verdict is held at 5% (default: the claim cells collected)")
 
 
 def _positive(config: pytest.Config, name: str) -> int | None:
@@ -82,7 +85,7 @@ def read_options(config: pytest.Config) -> Any:
         prompts=Path(prompts) if prompts else None, profile=opt("profile"),
         pairs=_positive(config, "pairs") or pairs, seeds=_positive(config, "seeds") or seeds,
         gen_tokens=_positive(config, "gen_tokens") or tokens,
-        report_dir=Path(report_dir) if report_dir else None,
+        report_dir=Path(report_dir) if report_dir else config.rootpath / "reports" / time.strftime("%Y%m%d-%H%M%S"),
         ledger=Path(opt("ledger")) if opt("ledger") else config.rootpath / "claims" / "ledger.toml",
         shard=opt("shard"), allow_pickle=opt("allow_pickle"),
         trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
@@ -90,23 +93,20 @@ def read_options(config: pytest.Config) -> Any:
 
 
 class HarnessSession:
-    """Everything the plugin shares across one pytest process: options, the subject."""
+    """What one pytest process shares: the options, the subject, the evaluator, the ledger."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.options = read_options(config)
         self.shard = _parse_shard(self.options.shard)
-        self.run_id = time.strftime("%Y%m%d-%H%M%S")
+        self.collected_cells = 0
+        self._family_ini = _family_ini(config)
         if not _is_worker(config):  # workers inherit the controller's checked settings
             self._check_inputs()
-        self.n_pairs, self.n_seeds, self.gen_tokens = self.options.pairs, self.options.seeds, self.options.gen_tokens
-        self.prompts_file = self.options.prompts
-        self.missing: list[str] = []
         self._subject: Any = None
-        self._subject_provenance: dict[str, Any] | None = None
-        self._arms: Any = None
+        self._evaluator: Any = None
         self._ledger: Any = None
-        self.writer: Any = None
+        self._pairs: list[Any] | None = None
 
     def _check_inputs(self) -> None:
         """Refuse what cannot work now, in one line, before any weights load."""
@@ -114,21 +114,21 @@ class HarnessSession:
         from harness.preflight import preflight
         from harness.prompts import load_pairs
 
-        options = self.options
-        if options.prompts is not None and not options.prompts.is_file():
-            raise pytest.UsageError(f"--prompts {str(options.prompts)!r}: no such file")
+        o = self.options
+        if o.prompts is not None and not o.prompts.is_file():
+            raise pytest.UsageError(f"--prompts {str(o.prompts)!r}: no such file")
         try:
-            if options.prompts is not None:
-                load_pairs(options.prompts)
-            if options.model is not None and is_local_spec(options.model):
-                check_local_folder(Path(options.model).expanduser(), allow_pickle=options.allow_pickle)
-            preflight(dataclasses.replace(options, report_dir=self.report_dir()))
+            if o.prompts is not None:
+                load_pairs(o.prompts)
+            if o.model is not None and is_local_spec(o.model):
+                check_local_folder(Path(o.model).expanduser(), allow_pickle=o.allow_pickle)
+            preflight(o)
         except HarnessError as exc:
             raise pytest.UsageError(str(exc)) from None
 
     @property
-    def seeds(self) -> tuple[int, ...]:
-        return tuple(range(self.n_seeds))
+    def family_size(self) -> int:
+        return self._family_ini or max(self.collected_cells, 1)
 
     def subject(self) -> Any:
         if self._subject is None:
@@ -151,33 +151,13 @@ class HarnessSession:
             return f"cuda:{index % count}" if count else device
         return device
 
-    def provenance_of(self, subject: Any) -> dict[str, Any]:
-        """What identifies the subject and the software, computed where the model is loaded."""
-        if self._subject_provenance is not None:
-            return self._subject_provenance
-        import dataclasses
-
-        import torch
-        import transformers
-
-        from harness.generate import PROTOCOLS
-
-        self._subject_provenance = {
-            "model_identity": subject.identity, "model_path": subject.path or subject.name,
-            "weights_sha256": subject.weights_hash, "tokenizer_sha256": subject.tokenizer_hash,
-            "n_layers": subject.n_layers, "device": subject.device, "dtype": subject.dtype,
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "protocols": {name: dataclasses.asdict(self.protocol(name)) for name in PROTOCOLS},
-        }
-        return self._subject_provenance
-
-    def arm_cache(self) -> Any:
-        if self._arms is None:
-            from harness.claims import ArmCache
+    def evaluator(self) -> Any:
+        if self._evaluator is None:
+            from harness.evaluate import Evaluator
             from harness.generate import Runner
 
-            self._arms = ArmCache(Runner(self.subject()))
-        return self._arms
+            self._evaluator = Evaluator(Runner(self.subject()))
+        return self._evaluator
 
     def ledger(self) -> Any:
         if self._ledger is None:
@@ -187,47 +167,56 @@ class HarnessSession:
         return self._ledger
 
     def protocol(self, name: str) -> Any:
-        from harness.generate import get_protocol
+        from harness.records import get_protocol
 
-        return get_protocol(name).with_(gen_tokens=self.gen_tokens)
+        return get_protocol(name).with_(gen_tokens=self.options.gen_tokens)
 
-    def report_dir(self) -> Path:
-        given = self.options.report_dir
-        return given if given else self.config.rootpath / "reports" / self.run_id
+    def pairs(self) -> list[Any]:
+        if self._pairs is None:
+            from harness.prompts import default_pairs, load_pairs, spread
 
-    def provenance(self) -> dict[str, Any]:
+            o = self.options
+            self._pairs = spread(load_pairs(o.prompts) if o.prompts else default_pairs(), o.pairs)
+        return self._pairs
+
+    def settings(self, subject: Any) -> str:
+        """What a verdict was measured with: the ledger key beside the model identity."""
+        from harness.claims import RULE_VERSION, describe_settings
+        from harness.prompts import DEFAULT_PROMPTS, file_hash
+
         o = self.options
-        return {"run_id": self.run_id, "model": o.model or "toy", "device": o.device,
-                "dtype": o.dtype, "pairs": self.n_pairs, "seeds": list(self.seeds),
-                "gen_tokens": self.gen_tokens, "prompts": str(self.prompts_file or "bundled toy bank"),
-                "profile": o.profile, "shard": o.shard, "harness_commit": _git_commit(self.config.rootpath),
-                "command": " ".join(["pytest", *self.config.invocation_params.args])}
+        return describe_settings({
+            "pairs": len(self.pairs()), "seeds": o.seeds, "tokens": o.gen_tokens, "dtype": o.dtype,
+            "prompts": file_hash(o.prompts or DEFAULT_PROMPTS)[:12], "rule": RULE_VERSION,
+            "family": self.family_size,
+        })
 
-    # -- hooks: the session object is registered as a plugin -----------------------
+    def provenance(self, subject: Any) -> dict[str, Any]:
+        """What identifies this run: settings, the subject and the software."""
+        import torch
+        import transformers
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Collect claim rows where the run's files are written (the controller under xdist).
+        from harness.records import PROTOCOLS
 
-        A claim test that failed without a row (an error, a crashed worker) is
-        remembered, and the report is marked incomplete.
-        """
-        if _is_worker(self.config):
-            return
-        payloads = [json.loads(v) for k, v in report.user_properties if k == "harness"]
-        if report.when != "call":  # setup and teardown reports repeat the call's properties
-            payloads = []
-        if not payloads:
-            if report.failed and "claims/" in report.nodeid.replace("\\", "/"):
-                self.missing.append(report.nodeid)
-            return
-        if self.writer is None:
-            from harness.report import RunWriter
+        o = self.options
+        return {
+            "model": o.model or "toy", "model_identity": subject.identity,
+            "model_path": subject.path or subject.name, "weights_sha256": subject.weights_hash,
+            "tokenizer_sha256": subject.tokenizer_hash, "bos": subject.tokenizer.bos_token_id is not None,
+            "n_layers": subject.n_layers, "device": subject.device, "dtype": subject.dtype,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "pairs": len(self.pairs()), "pair_ids": [p.id for p in self.pairs()], "seeds_per_pair": o.seeds,
+            "gen_tokens": o.gen_tokens, "prompts": str(o.prompts or "bundled toy bank"),
+            "profile": o.profile, "settings": self.settings(subject), "family_size": self.family_size,
+            "protocols": {name: dataclasses.asdict(self.protocol(name)) for name in PROTOCOLS},
+        }
 
-            self.writer = RunWriter(self.report_dir(), self.provenance(),
-                                    latest=self.config.rootpath / "reports" / "latest")
-        for payload in payloads:
-            self.writer.provenance.update(payload["provenance"])
-            self.writer.add(payload["claim"], payload["rows"])
+    # -- hooks (the session object is registered as a plugin) -----------------------
+
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        # Counted before any -k, --lf or --shard deselection: the family is the suite.
+        if "verify" in getattr(item, "fixturenames", ()):
+            self.collected_cells += 1
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -239,39 +228,21 @@ class HarnessSession:
         config.hook.pytest_deselected(items=[item for item in items if item.nodeid not in keep])
         items[:] = [item for item in items if item.nodeid in keep]
 
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.writer is None or _is_worker(self.config):
-            return
-        interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
-        if interrupted or session.shouldstop:
-            self.writer.provenance["stopped"] = "interrupted" if interrupted else str(session.shouldstop)
-        if self.missing:
-            self.writer.provenance["missing"] = sorted(self.missing)
-        self.writer.close(complete=not (interrupted or session.shouldstop or self.missing))
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.writer is None or not self.writer.claims:
-            return
-        from tabulate import tabulate
-
-        cols = ("claim", "protocol", "efficiency", "ci_low", "ci_high", "verdict", "expected", "outcome")
-        rows = [[r.get(c) for c in cols]
-                for r in sorted(self.writer.claims, key=lambda r: (r["claim"], r["protocol"]))]
-        terminalreporter.section("claims")
-        terminalreporter.write_line(tabulate(rows, headers=cols, floatfmt=".3f", missingval="nan"))
-        terminalreporter.write_line(f"report: {self.writer.directory}")
-
-    def pairs(self) -> list[Any]:
-        from harness.prompts import default_pairs, load_pairs, spread
-
-        return spread(load_pairs(self.prompts_file) if self.prompts_file else default_pairs(), self.n_pairs)
-
 
 _SESSION = pytest.StashKey[HarnessSession]()
 
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+def _family_ini(config: pytest.Config) -> int:
+    text = str(config.getini("harness_family_size") or "").strip()
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise pytest.UsageError(f"harness_family_size = {text!r} in the ini file: expected a positive integer")
+    return int(text)
 
 
 def _single_thread_for_small_cpu_models(subject: Any) -> None:
@@ -296,25 +267,16 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def _git_commit(root: Path) -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
 def pytest_configure(config: pytest.Config) -> None:
     # Tokenizers' own thread pool would warn (and can deadlock) once xdist forks workers.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     session = HarnessSession(config)
     config.stash[_SESSION] = session
     config.pluginmanager.register(session, "harness-session")
+    if not _is_worker(config):
+        from harness.collector import Collector
+
+        config.pluginmanager.register(Collector(config, session.options), "harness-collector")
 
 
 def harness_session(config: pytest.Config) -> HarnessSession:
@@ -344,31 +306,37 @@ def pairs(pytestconfig: pytest.Config) -> list[Any]:
 
 @pytest.fixture
 def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject: Any,
-           pairs: list[Any]) -> Callable[[Any, str], Any]:
-    """Evaluate a claim under a protocol, record it, and pass, xfail or fail by the ledger.
+           pairs: list[Any]) -> Callable[..., Any]:
+    """Evaluate a claim (under a protocol, unless it is protocol-independent), record it,
+    and pass, xfail or fail by the ledger.
 
     An exception inside the evaluation is an error of the test, never an expected failure.
     """
-    from harness.claims import evaluate
     from harness.ledger import judge
-    from harness.report import sample_rows
 
     session = harness_session(pytestconfig)
 
-    def _verify(claim: Any, protocol: str) -> Any:
-        result = evaluate(claim, session.arm_cache(), pairs, session.protocol(protocol), session.seeds)
-        entry = session.ledger().lookup(subject.identity, claim.id, protocol)
-        outcome = judge(result.verdict, entry)
-        row = dict(result.row(), model=subject.identity, outcome=outcome.kind,
-                   expected=entry.verdict if entry else "supported")
-        samples = sample_rows(result.arm_results, {p.id: p for p in pairs})
-        payload = {"claim": row, "rows": samples, "provenance": session.provenance_of(subject)}
+    def _verify(claim: Any, protocol: str = "corrected") -> Any:
+        evaluation = session.evaluator().evaluate(
+            claim, pairs, session.protocol(protocol), n_seeds=session.options.seeds,
+            family_size=session.family_size)
+        row = evaluation.row
+        settings = session.settings(subject)
+        ledger = session.ledger()
+        entry = ledger.lookup(subject.identity, settings, row.claim, row.protocol)
+        outcome = judge(row.verdict, entry)
+        row = dataclasses.replace(row, model=subject.identity, settings=settings, outcome=outcome.kind,
+                                  expected=entry.verdict if entry else "supported")
+        payload = {"claim": row.to_json(), "samples": [s.to_json() for s in evaluation.samples],
+                   "provenance": session.provenance(subject),
+                   "ledger_covers": ledger.covers(subject.identity, settings)}
         request.node.user_properties.append(("harness", json.dumps(payload, default=str)))
+        label = f"{row.claim}[{row.protocol}]"
         if outcome.kind == "xfail":
-            pytest.xfail(f"{claim.id}[{protocol}]: {outcome.message}")
+            pytest.xfail(f"{label}: {outcome.message}")
         if outcome.kind == "fail":
-            pytest.fail(f"{claim.id}[{protocol}]: {outcome.message}. Why: {result.reason}", pytrace=False)
-        return result
+            pytest.fail(f"{label}: {outcome.message}. Why: {row.reason}", pytrace=False)
+        return row
 
     return _verify
 
@@ -394,4 +362,3 @@ def _no_hook_left_on_subject(request: pytest.FixtureRequest) -> Any:
     left = _hooks_on(request.getfixturevalue("subject").model)
     if left:
         pytest.fail(f"test left hooks on the model (removed now): {', '.join(left)}", pytrace=False)
-

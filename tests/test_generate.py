@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.arms import KV_ONLY, L27_V, NOTHING, RELAY
+from tiny import KV_ONLY, L27_V, NOTHING, RELAY
 from harness.errors import HarnessLookupError
 from harness.generate import CORRECTED, ORIGINAL, Runner, SeededSampler, get_protocol
 from harness.model import load_subject

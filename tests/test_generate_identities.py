@@ -19,9 +19,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import LLAMA3_ROPE, tiny_llama_gqa, tiny_mistral, tiny_qwen2, tiny_subject
+from tiny import KV_ONLY, LLAMA3_ROPE, tiny_llama_gqa, tiny_mistral, tiny_qwen2, tiny_subject
 
-from harness.arms import KV_ONLY
 from harness.errors import HarnessValueError
 from harness.generate import CORRECTED, Intervention, Runner, SeededSampler
 from harness.model import load_subject

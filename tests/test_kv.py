@@ -14,7 +14,7 @@ import torch
 import transformers
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny import BOS, VOCAB, tiny_llama_gqa, tiny_mistral, tiny_qwen2
+from tiny import BOS, VOCAB, random_prompt, tiny_llama_gqa, tiny_mistral, tiny_qwen2
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from harness.errors import HarnessLookupError, HarnessValueError
@@ -44,13 +44,6 @@ LAYER_SETS = st.one_of(
 @functools.lru_cache(maxsize=None)
 def model(name: str, n_layers: int = N_LAYERS):
     return BUILDERS[name](num_hidden_layers=n_layers)[0]
-
-
-def prompt(seed: int, length: int) -> torch.Tensor:
-    """(1, length) token ids starting with BOS; other tokens avoid the special ids 0..2."""
-    g = torch.Generator().manual_seed(seed)
-    rest = torch.randint(3, VOCAB, (1, length - 1), generator=g)
-    return torch.cat([torch.tensor([[BOS]]), rest], dim=1)
 
 
 def forward(m, ids, *, cache=None, mask=None, positions=None):
@@ -87,7 +80,7 @@ def test_cache_kwarg_and_output_cache_follow_the_library_version() -> None:
     m = model("llama")
     major = int(transformers.__version__.split(".")[0])
     assert cache_kwarg(m) == ("cache" if major >= 5 else "past_key_values")
-    out = forward(m, prompt(0, 5))
+    out = forward(m, random_prompt(5, 0))
     cache = output_cache(out)
     assert cache.get_seq_length() == 5
     assert cache_from_kwargs({cache_kwarg(m): cache, "x": 1}) is cache
@@ -99,7 +92,7 @@ def test_cache_kwarg_and_output_cache_follow_the_library_version() -> None:
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_prefill_matches_a_plain_forward(name: str) -> None:
     m = model(name)
-    ids = torch.cat([prompt(1, 7), prompt(2, 7)])
+    ids = torch.cat([random_prompt(7, 1), random_prompt(7, 2)])
     logits, snap = prefill(m, ids)
     with torch.no_grad():
         expected = m(ids).logits
@@ -110,7 +103,7 @@ def test_prefill_matches_a_plain_forward(name: str) -> None:
 
 def test_to_cache_repeats_a_batch_1_snapshot() -> None:
     m = model("mistral")
-    ids = prompt(3, 6)
+    ids = random_prompt(6, 3)
     _, snap = prefill(m, ids)
     cache = snap.to_cache(batch=3)
     token = torch.full((3, 1), 9)
@@ -137,7 +130,7 @@ def test_snapshot_refuses_ragged_or_empty_caches() -> None:
 @given(MODELS, st.integers(2, 10), st.integers(1, 4), st.sampled_from(ALIGNMENTS))
 def test_snapshots_are_never_mutated(name: str, length: int, steps: int, align: str) -> None:
     m = model(name)
-    out = forward(m, prompt(length, length))
+    out = forward(m, random_prompt(length, length))
     live = output_cache(out)
     snap = snapshot(live)
     saved = clones(snap)
@@ -156,7 +149,7 @@ def test_snapshots_are_never_mutated(name: str, length: int, steps: int, align: 
     assert cache.get_seq_length() == length + steps
     assert same_tensors(snap, saved)
     # A splice returns fresh tensors and leaves both inputs alone.
-    other = snapshot(output_cache(forward(m, prompt(99, 5))))
+    other = snapshot(output_cache(forward(m, random_prompt(5, 99))))
     other_saved = clones(other)
     result = splice(snap, other, "all", align, rotary_emb=m.model.rotary_emb)
     result.keys[0].add_(1.0)
@@ -198,7 +191,7 @@ def test_splicing_a_cache_with_itself_changes_nothing(
     name: str, length: int, layers, align: str
 ) -> None:
     m = model(name)
-    ids = prompt(length + 11, length)
+    ids = random_prompt(length, length + 11)
     _, snap = prefill(m, ids[:, :-1])
     spliced = splice(snap, snap, layers, align, rotary_emb=m.model.rotary_emb)
     for a, b in zip((*spliced.keys, *spliced.values), (*snap.keys, *snap.values)):
@@ -215,7 +208,7 @@ def test_splicing_a_cache_with_itself_changes_nothing(
 @given(MODELS, st.integers(2, 12), st.integers(0, 10_000))
 def test_left_splice_of_all_layers_reproduces_the_source(name: str, length: int, seed: int) -> None:
     m = model(name)
-    source, target = prompt(seed, length), prompt(seed + 1, length)
+    source, target = random_prompt(length, seed), random_prompt(length, seed + 1)
     _, s = prefill(m, source[:, :-1])
     _, t = prefill(m, target[:, :-1])
     out = forward(m, source[:, -1:], cache=splice(t, s, "all", "left").to_cache())
@@ -233,7 +226,7 @@ def test_left_splice_into_a_longer_target_with_its_tail_masked(
     name: str, ls: int, extra: int, seed: int
 ) -> None:
     m = model(name)
-    source, target = prompt(seed, ls), prompt(seed + 1, ls + extra)
+    source, target = random_prompt(ls, seed), random_prompt(ls + extra, seed + 1)
     lt = ls + extra
     _, s = prefill(m, source)
     _, t = prefill(m, target)
@@ -268,7 +261,7 @@ def test_rerotated_keys_equal_keys_computed_at_the_new_positions(
     name: str, lt: int, ls: int, layers, seed: int
 ) -> None:
     m = model(name)
-    source, target = prompt(seed, ls), prompt(seed + 1, lt)
+    source, target = random_prompt(ls, seed), random_prompt(lt, seed + 1)
     _, s = prefill(m, source)
     _, t = prefill(m, target)
     spliced = splice(t, s, layers, "right-rerotated", rotary_emb=m.model.rotary_emb)
@@ -300,7 +293,7 @@ def test_rerotated_splice_equals_the_source_at_shifted_positions(
     """
     m = model(name)
     lt, shift = ls + extra, extra
-    source, target = prompt(seed, ls), prompt(seed + 1, lt)
+    source, target = random_prompt(ls, seed), random_prompt(lt, seed + 1)
     s = snapshot(output_cache(forward(m, source, mask=no_bos_mask(ls))))
     _, t = prefill(m, target)
     token = torch.tensor([[13]])
@@ -326,7 +319,7 @@ def test_rerotated_splice_in_a_one_layer_model_equals_a_shifted_prefill(name: st
     # BOS attends only to itself, so keeping the target's BOS is exact too.
     m = model(name, 1)
     ls, lt = 5, 9
-    source, target = prompt(21, ls), prompt(22, lt)
+    source, target = random_prompt(ls, 21), random_prompt(lt, 22)
     _, s = prefill(m, source)
     _, t = prefill(m, target)
     spliced = splice(t, s, "all", "right-rerotated", rotary_emb=m.model.rotary_emb)
@@ -350,7 +343,7 @@ def test_rerotated_deeper_layers_keep_the_sources_distance_to_bos() -> None:
     """
     m = model("llama")
     ls, lt = 5, 10
-    source, target = prompt(31, ls), prompt(32, lt)
+    source, target = random_prompt(ls, 31), random_prompt(lt, 32)
     _, s = prefill(m, source)
     _, t = prefill(m, target)
     spliced = splice(t, s, "all", "right-rerotated", rotary_emb=m.model.rotary_emb)
@@ -368,8 +361,8 @@ def test_rerotated_deeper_layers_keep_the_sources_distance_to_bos() -> None:
 @given(MODELS, st.integers(2, 10), st.integers(2, 10), LAYER_SETS, st.integers(0, 10_000))
 def test_right_splice_is_the_originals(name: str, lt: int, ls: int, layers, seed: int) -> None:
     m = model(name)
-    _, s = prefill(m, prompt(seed, ls))
-    _, t = prefill(m, prompt(seed + 1, lt))
+    _, s = prefill(m, random_prompt(ls, seed))
+    _, t = prefill(m, random_prompt(lt, seed + 1))
     spliced = splice(t, s, layers, "right")
     n = min(lt, ls)
     chosen = set(resolve_layers(layers, N_LAYERS))
@@ -391,8 +384,8 @@ def test_right_splice_is_the_originals(name: str, lt: int, ls: int, layers, seed
 def test_left_splice_slots(name: str, lt: int, ls: int, layers, seed: int) -> None:
     m = model(name)
     # The source does not start with BOS here, so its slot 0 differs from the target's.
-    _, s = prefill(m, prompt(seed, ls + 1)[:, 1:])
-    _, t = prefill(m, prompt(seed + 1, lt))
+    _, s = prefill(m, random_prompt(ls + 1, seed)[:, 1:])
+    _, t = prefill(m, random_prompt(lt, seed + 1))
     spliced = splice(t, s, layers, "left")
     n = min(lt, ls)
     chosen = set(resolve_layers(layers, N_LAYERS))
@@ -411,8 +404,8 @@ def test_left_splice_slots(name: str, lt: int, ls: int, layers, seed: int) -> No
 
 def test_splice_refusals() -> None:
     m = model("qwen2")
-    _, a = prefill(m, prompt(1, 5))
-    _, b = prefill(m, prompt(2, 6))
+    _, a = prefill(m, random_prompt(5, 1))
+    _, b = prefill(m, random_prompt(6, 2))
     with pytest.raises(HarnessLookupError, match="Did you mean 'right'"):
         splice(a, b, "all", "rigth")
     with pytest.raises(HarnessLookupError, match="right, left, right-rerotated"):

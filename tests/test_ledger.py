@@ -1,15 +1,15 @@
-"""The ledger: lookup, the pass / xfail / fail rule, and updating from a run's claims.csv."""
+"""The ledger: lookup by model and settings, the pass / xfail / fail rule, updating from a run."""
 
 from __future__ import annotations
 
-import csv
-
 import pytest
+from test_render import all_cells
 
-from harness.errors import HarnessLookupError, HarnessValueError
+from harness.errors import HarnessValueError
 from harness.ledger import Entry, Ledger, judge, main
+from harness.report import RunWriter
 
-ENTRY = Entry("toy@abc", "l27-v-full-kv", "original", "invalid", "patch changed nothing", "r/summary.md")
+ENTRY = Entry("toy@abc", "pairs=12", "l27-v-full-kv", "original", "invalid", "patch changed nothing", "r/summary.md")
 
 
 @pytest.mark.parametrize(
@@ -22,8 +22,8 @@ ENTRY = Entry("toy@abc", "l27-v-full-kv", "original", "invalid", "patch changed 
         ("invalid", ENTRY, "xfail"),
         ("supported", ENTRY, "fail"),
         ("refuted", ENTRY, "fail"),
-        ("supported", Entry("m", "c", "p", "supported", "", "r"), "pass"),
-        ("refuted", Entry("m", "c", "p", "supported", "", "r"), "fail"),
+        ("supported", Entry("m", "s", "c", "p", "supported", "", "r"), "pass"),
+        ("refuted", Entry("m", "s", "c", "p", "supported", "", "r"), "fail"),
     ],
 )
 def test_judge_follows_the_ledger_rule(verdict, entry, kind):
@@ -35,45 +35,67 @@ def test_xfail_message_carries_the_recorded_reason_and_report():
     assert "patch changed nothing" in message and "r/summary.md" in message
 
 
-def write_csv(path, rows):
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def write_run(path, settings, verdicts, complete=True):
+    import dataclasses
+
+    writer = RunWriter(path, {"model": "toy"})
+    for (row, samples), verdict in zip(all_cells(sweep=False)[:2], verdicts):
+        writer.add(dataclasses.replace(row, model="toy@abc", settings=settings, verdict=verdict,
+                                       reason=f'a "quoted" why {verdict}'), samples)
+    writer.close(complete=complete, render=False)
+    return path
 
 
-def test_update_copies_measured_verdicts_and_round_trips(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "summary.md").write_text("# report")
-    rows = [
-        {"claim": "kv-only-fails", "protocol": "original", "verdict": "refuted", "reason": 'a "quoted" why',
-         "model": "toy@abc"},
-        {"claim": "kv-only-fails", "protocol": "corrected", "verdict": "supported", "reason": "ok",
-         "model": "toy@abc"},
-    ]
-    write_csv(run / "claims.csv", rows)
+def test_update_records_verdicts_with_their_settings_and_round_trips(tmp_path):
+    run = write_run(tmp_path / "run", "pairs=12 seeds=6", ["refuted", "supported"])
     ledger_path = tmp_path / "ledger.toml"
     assert main(["update", str(run), "--ledger", str(ledger_path)]) == 0
     ledger = Ledger.load(ledger_path)
-    entry = ledger.lookup("toy@abc", "kv-only-fails", "original")
-    assert entry.verdict == "refuted" and entry.reason == 'a "quoted" why'
-    assert entry.report == str(run / "summary.md")
-    assert ledger.lookup("toy@abc", "kv-only-fails", "corrected").verdict == "supported"
-    assert ledger.lookup("other@1", "kv-only-fails", "original") is None
+    entry = ledger.lookup("toy@abc", "pairs=12 seeds=6", "kv-only-fails", "original")
+    assert entry.verdict == "refuted" and entry.reason == 'a "quoted" why refuted'
+    assert entry.report.endswith("run/claims.csv")
+    assert ledger.lookup("toy@abc", "pairs=4 seeds=2", "kv-only-fails", "original") is None
+    assert ledger.covers("toy@abc", "pairs=12 seeds=6") and not ledger.covers("toy@abc", "pairs=4 seeds=2")
 
 
-def test_update_refuses_a_folder_without_claims(tmp_path):
-    with pytest.raises(HarnessLookupError, match="no claims.csv"):
-        main(["update", str(tmp_path), "--ledger", str(tmp_path / "l.toml")])
+def test_a_scaled_down_run_leaves_the_default_settings_entries_untouched(tmp_path):
+    ledger_path = tmp_path / "ledger.toml"
+    main(["update", str(write_run(tmp_path / "full", "pairs=12", ["refuted", "supported"])), "--ledger", str(ledger_path)])
+    before = Ledger.load(ledger_path).entries
+    main(["update", str(write_run(tmp_path / "small", "pairs=4", ["supported", "invalid"])), "--ledger", str(ledger_path)])
+    after = Ledger.load(ledger_path).entries
+    assert {k: v for k, v in after.items() if k[1] == "pairs=12"} == before
+    assert len(after) == 2 * len(before)
+
+
+def test_update_follows_a_latest_link_to_the_real_folder(tmp_path):
+    run = write_run(tmp_path / "20260101-000000", "pairs=12", ["refuted", "supported"])
+    (tmp_path / "latest").symlink_to(run.name)
+    ledger_path = tmp_path / "ledger.toml"
+    assert main(["update", str(tmp_path / "latest"), "--ledger", str(ledger_path)]) == 0
+    assert all(e.report == str(run / "claims.csv") for e in Ledger.load(ledger_path).entries.values())
+
+
+@pytest.mark.parametrize("make", ["missing", "no_claims", "incomplete"])
+def test_update_refuses_in_one_line(tmp_path, capsys, make):
+    target = tmp_path / "run"
+    if make == "no_claims":
+        target.mkdir()
+    if make == "incomplete":
+        write_run(target, "pairs=12", ["refuted", "supported"], complete=False)
+    assert main(["update", str(target), "--ledger", str(tmp_path / "l.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "l.toml").exists()
 
 
 def test_malformed_ledger_is_refused(tmp_path):
     path = tmp_path / "ledger.toml"
     path.write_text('[[verdict]]\nmodel = "m"\nclaim = "c"\n')
-    with pytest.raises(HarnessValueError, match="lacks protocol"):
+    with pytest.raises(HarnessValueError, match="lacks settings, protocol"):
         Ledger.load(path)
 
 
 def test_missing_ledger_is_empty(tmp_path):
     assert Ledger.load(tmp_path / "none.toml").entries == {}
+

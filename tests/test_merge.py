@@ -5,6 +5,7 @@ Run folders are built by hand with the real RunWriter (no model is loaded).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessLookupError, HarnessValueError
-from harness.merge import main, merge, normalize
+from harness.report import merge, normalize
+from harness.report.__main__ import main
 from test_render import PNG_MAGIC, PROVENANCE, all_cells, cell, write_run
 
 
@@ -139,10 +141,10 @@ def test_overlapping_identical_cells_merge_once(tmp_path: Path) -> None:
 
 def test_overlapping_conflicting_cells_are_refused(tmp_path: Path) -> None:
     row, rows = cell("kv-only-fails", "original", verdict="refuted")
-    other = dict(row, efficiency=0.9, verdict="supported")
+    other = dataclasses.replace(row, estimate=0.9, verdict="supported")
     a = write_run(tmp_path / "a", [(row, rows)])
     b = write_run(tmp_path / "b", [(other, rows)])
-    with pytest.raises(HarnessValueError, match=r"kv-only-fails \[original\].*efficiency.*verdict"):
+    with pytest.raises(HarnessValueError, match=r"kv-only-fails \[original\].*verdict.*estimate"):
         merge([a, b], tmp_path / "merged")
 
 
@@ -150,15 +152,15 @@ def test_nan_cells_in_two_shards_are_identical(tmp_path: Path) -> None:
     nan = cell("l27-v-full-kv", "original", efficiency=math.nan, low=math.nan, high=math.nan)
     a, b = write_run(tmp_path / "a", [nan]), write_run(tmp_path / "b", [nan])
     out = merge([a, b], tmp_path / "merged")
-    assert _summary(out)["claims"][0]["efficiency"] is None
+    assert _summary(out)["claims"][0]["estimate"] is None
 
 
 def test_differing_sample_rows_keep_the_first_and_are_recorded(tmp_path: Path) -> None:
     row, rows = cell("kv-only-fails", "original")
     row2, rows2 = cell("kv-only-fails", "corrected")
-    changed = [dict(r, text="different") if r["arm"] == "baseline" and r["seed"] == 0 else r for r in rows]
+    changed = [dataclasses.replace(r, text="different") if r.arm == "baseline" and r.seed == 0 else r for r in rows]
     a = write_run(tmp_path / "a", [(row, rows)])
-    b = write_run(tmp_path / "b", [(row2, rows2), (dict(row, claim="kv-only-fails-2"), changed)])
+    b = write_run(tmp_path / "b", [(row2, rows2), (dataclasses.replace(row, claim="kv-only-fails-2"), changed)])
     out = merge([a, b], tmp_path / "merged")
     summary = _summary(out)
     assert summary["result_conflicts"] == [["original", "p1", "baseline", 0], ["original", "p2", "baseline", 0]]
@@ -192,3 +194,19 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no such run folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["merge", str(shards[0])])  # --out is required
+
+
+def test_merge_and_render_work_with_torch_and_transformers_unimportable(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    shards = _shards(tmp_path, all_cells(sweep=False), n=2)
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None; sys.modules['transformers'] = None  # any import of them fails\n"
+        "from harness.report.__main__ import main\n"
+        f"raise SystemExit(main(['merge', {str(shards[0])!r}, {str(shards[1])!r}, '--out', {str(tmp_path / 'm')!r}]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "m" / "summary.md").exists() and (tmp_path / "m" / "efficiency.png").exists()

@@ -12,13 +12,15 @@ pytest_plugins = ["pytester"]
 CLAIMS = """
 import os, signal
 import pytest
-from harness.arms import KV_ONLY, L27_V
-from harness.claims import Claim, Source
+from harness.claims import Claim, Efficiency, Source
+from harness.records import Intervention
 
+KV_ONLY = Intervention("kv-only", kv_layers="all")
+L27_V = Intervention("kv+v_proj@27", kv_layers="all", patches=("v_proj@27",))
 SRC = Source("test", "quote")
 CLAIMS = [
-    Claim(id="kv-only", statement="s", source=SRC, arm=KV_ONLY, threshold=0.2, direction="below"),
-    Claim(id="l27", statement="s", source=SRC, arm=L27_V, threshold=0.8, direction="above"),
+    Claim(id="kv-only", statement="s", source=SRC, measure=Efficiency(KV_ONLY), threshold=0.2, direction="below"),
+    Claim(id="l27", statement="s", source=SRC, measure=Efficiency(L27_V), threshold=0.8, direction="above"),
 ]
 
 @pytest.mark.parametrize("protocol", ["original", "corrected"])
@@ -90,7 +92,7 @@ def test_a_killed_worker_loses_only_its_unfinished_test(claims_dir, tmp_path):
 
 
 def test_merged_shards_equal_a_single_run(claims_dir, tmp_path):
-    from harness.merge import merge
+    from harness.report import merge
 
     run(claims_dir, tmp_path / "single")
     for i in (1, 2):

@@ -11,17 +11,11 @@ from harness.errors import HarnessValueError
 from harness.kv import cache_kwarg, output_cache
 from harness.patches import PatchSpec, install, norm_matched_random, record, source_site
 from harness.sites import Site, layout_for
-from tiny import BOS, VOCAB, tiny_llama_gqa, tiny_mistral
+from tiny import random_prompt, tiny_llama_gqa, tiny_mistral
 
 MODEL, CONFIG = tiny_mistral()
 LAYOUT = layout_for(MODEL)
 KINDS = ["v_proj", "resid_pre", "resid_post", "attn_out", "mlp_out"]
-
-
-def prompt(length: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    body = torch.randint(3, VOCAB, (1, length - 1), generator=gen)
-    return torch.cat([torch.tensor([[BOS]]), body], dim=1)
 
 
 def logits(model, ids):
@@ -36,7 +30,7 @@ def hook_count(model) -> int:
 @given(kind=st.sampled_from(KINDS), layer=st.sampled_from([0, 5, 18, 27, 31]),
        length=st.integers(6, 24), window=st.integers(1, 6))
 def test_patch_with_own_activations_is_a_noop(kind, layer, length, window):
-    ids = prompt(length, seed=length)
+    ids = random_prompt(length, seed=length)
     spec = PatchSpec(Site(kind, layer), phases=("prefill",), window=window)
     own = record(MODEL, LAYOUT, ids, [spec.site])[spec.site]
     with install(MODEL, LAYOUT, [spec], {spec: own}, prompt_len=length) as handles:
@@ -48,7 +42,7 @@ def test_patch_with_own_activations_is_a_noop(kind, layer, length, window):
 
 @given(kind=st.sampled_from(KINDS), length=st.integers(8, 24))
 def test_patch_with_another_prompts_activations_changes_logits(kind, length):
-    ids, other = prompt(length, seed=1), prompt(length + 3, seed=2)
+    ids, other = random_prompt(length, seed=1), random_prompt(length + 3, seed=2)
     spec = PatchSpec(Site(kind, 27), phases=("prefill",), window=4)
     source = record(MODEL, LAYOUT, other, [spec.site])[spec.site]
     with install(MODEL, LAYOUT, [spec], {spec: source}, prompt_len=length) as handles:
@@ -89,7 +83,7 @@ def decode_steps(model, ids, steps, specs, sources, prompt_len, *, install_after
 
 
 def test_original_v_patch_changes_nothing_during_decoding():
-    ids, champion = prompt(20, seed=3), prompt(22, seed=4)
+    ids, champion = random_prompt(20, seed=3), random_prompt(22, seed=4)
     spec = PatchSpec("v_proj@27", phases=("decode",), mode="original")
     source = record(MODEL, LAYOUT, champion, [source_site(spec)])[source_site(spec)]
     _, handles = decode_steps(MODEL, ids, 6, [spec], {spec: source}, 20, install_after_prefill=True)
@@ -99,7 +93,7 @@ def test_original_v_patch_changes_nothing_during_decoding():
 
 
 def test_corrected_v_patch_changes_values_at_every_decoding_step():
-    ids, champion = prompt(20, seed=3), prompt(22, seed=4)
+    ids, champion = random_prompt(20, seed=3), random_prompt(22, seed=4)
     spec = PatchSpec("v_proj@27", phases=("decode",), mode="corrected")
     source = record(MODEL, LAYOUT, champion, [spec.site])[spec.site]
     steps, changed = 6, []
@@ -126,7 +120,7 @@ def test_original_resid_patch_is_fed_from_the_layer_output():
 def test_decode_patch_gives_same_tokens_with_cache_as_with_full_recomputation(builder, decode_source):
     model, _ = builder(seed=5)
     layout = layout_for(model)
-    ids, champion = prompt(18, seed=6), prompt(21, seed=7)
+    ids, champion = random_prompt(18, seed=6), random_prompt(21, seed=7)
     specs = [PatchSpec(s, window=4, decode_source=decode_source) for s in ("v_proj@27", "resid_pre@18")]
     acts = record(model, layout, champion, [s.site for s in specs])
     sources = {s: acts[s.site] for s in specs}
@@ -150,7 +144,7 @@ def test_decode_patch_gives_same_tokens_with_cache_as_with_full_recomputation(bu
 
 
 def test_hooks_are_removed_after_an_exception_inside_the_context():
-    ids = prompt(10, seed=8)
+    ids = random_prompt(10, seed=8)
     spec = PatchSpec("mlp_out@5", window=4)
     source = record(MODEL, LAYOUT, ids, [spec.site])[spec.site]
     with pytest.raises(RuntimeError, match="boom"):
@@ -161,9 +155,9 @@ def test_hooks_are_removed_after_an_exception_inside_the_context():
 
 
 def test_prompt_shorter_than_window_is_refused():
-    ids = prompt(10, seed=9)
+    ids = random_prompt(10, seed=9)
     spec = PatchSpec("v_proj@27", window=16)
-    source = record(MODEL, LAYOUT, prompt(20, seed=1), [spec.site])[spec.site]
+    source = record(MODEL, LAYOUT, random_prompt(20, seed=1), [spec.site])[spec.site]
     with pytest.raises(HarnessValueError, match="shorter than the patch window 16"):
         with install(MODEL, LAYOUT, [spec], {spec: source}, prompt_len=ids.shape[1]):
             pass

@@ -60,11 +60,12 @@ def test_a_claim_run_writes_its_rows_and_table(pytester, tmp_path):
     pytester.makepyfile(
         """
         import pytest
-        from harness.arms import KV_ONLY
-        from harness.claims import Claim, Source
+        from harness.claims import Claim, Efficiency, Source
+        from harness.records import Intervention
 
-        CLAIM = Claim(id="kv-only-transfers", statement="KV alone transfers.",
-                      source=Source("test", "quote"), arm=KV_ONLY, threshold=-100.0, direction="above")
+        CLAIM = Claim(id="kv-only-transfers", statement="KV alone transfers.", source=Source("test", "quote"),
+                      measure=Efficiency(Intervention("kv-only", kv_layers="all")), threshold=-100.0,
+                      direction="above")
 
         @pytest.mark.parametrize("protocol", ["original", "corrected"])
         def test_claim(verify, protocol):
@@ -80,14 +81,14 @@ def test_a_claim_run_writes_its_rows_and_table(pytester, tmp_path):
     with (report / "claims.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {r["protocol"] for r in rows} == {"original", "corrected"}
-    for column in ("claim", "protocol", "metric", "efficiency", "ci_low", "ci_high", "n_pairs",
-                   "n_seeds", "verdict", "expected"):
+    for column in ("claim", "protocol", "metric", "estimate", "ci_low", "ci_high", "n_pairs",
+                   "n_seeds", "verdict", "expected", "level", "family_size", "settings"):
         assert column in rows[0]
     samples = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()]
     # 2 protocols x 2 pairs x 3 arms (baseline, champion, kv-only) x 2 seeds
     assert len(samples) == 24
     assert json.loads((report / "summary.json").read_text())["complete"] is True
-    assert (pytester.path / "reports" / "latest").resolve() == report.resolve()
+    assert not (pytester.path / "reports" / "latest").exists()  # a run outside reports/ is not "latest"
     assert (report / "summary.md").read_text().startswith("# Claims report")
 
 
@@ -112,3 +113,18 @@ def test_every_public_name_resolves_and_the_package_import_stays_light():
             "[getattr(harness, n) for n in harness.__all__]; print(light, len(harness.__all__))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == "True"
+
+
+def test_the_family_size_in_pytest_ini_is_the_number_of_claim_cells():
+    """Every claim cell of claims/ counts in the family the intervals are corrected for;
+    a claim added without updating harness_family_size would make every interval too narrow."""
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ini = configparser.ConfigParser()
+    ini.read(root / "pytest.ini")
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          "claims"], capture_output=True, text=True, cwd=root)
+    cells = [line for line in out.stdout.splitlines() if "::" in line]
+    assert len(cells) == int(ini["pytest"]["harness_family_size"]), out.stdout[-500:]

@@ -15,11 +15,11 @@ pytest_plugins = ["pytester"]
 
 CLAIM_TEST = """
 import pytest
-from harness.arms import KV_ONLY
-from harness.claims import Claim, Source
+from harness.claims import Claim, Efficiency, Source
+from harness.records import Intervention
 
-CLAIM = Claim(id="c", statement="s", source=Source("f", "q"), arm=KV_ONLY, threshold=0.0,
-              direction="above")
+CLAIM = Claim(id="c", statement="s", source=Source("f", "q"),
+              measure=Efficiency(Intervention("kv-only", kv_layers="all")), threshold=0.0, direction="above")
 
 def test_claim(verify):
     verify(CLAIM, "corrected")

@@ -13,13 +13,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
 from harness.errors import HarnessLookupError, HarnessValueError
-from harness.render import main, render
-from harness.report import RunWriter
+from harness.report import ClaimRow, RunWriter, SampleRow, render
+from harness.report.__main__ import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROVENANCE = {"run_id": "20250101-000000", "model": "toy", "device": "cpu", "dtype": "float32",
@@ -31,24 +30,25 @@ LONG_TAIL = "TAIL-THAT-MUST-BE-CUT"
 
 def claim_row(claim: str, protocol: str, efficiency: float = 0.1, low: float = -0.1, high: float = 0.3,
               verdict: str = "inconclusive", threshold: float = 0.2, direction: str = "below",
-              arm: str = "kv", kind_rv: bool = False) -> dict[str, Any]:
-    """A claim row as ClaimResult.row() plus the plugin's fields would give it."""
-    return {
-        "claim": claim, "protocol": protocol, "metric": "r_v" if kind_rv else "marker_score",
-        "efficiency": efficiency, "ci_low": low, "ci_high": high, "n_pairs": 2,
-        "n_seeds": 0 if kind_rv else 2, "verdict": verdict, "reason": f"reason for {claim}",
-        "threshold": threshold, "direction": direction, "kv_layers": "" if kind_rv else "all(4)",
-        "sites": "v_proj@27->L3" if not kind_rv else "v_proj@27->L3;v_proj@5->L1",
-        "changed_prefill": 12, "changed_decode": 0, "calls_prefill": 4, "calls_decode": 16,
-        "statement": f"Statement of {claim}.", "source_file": "seeds/finding.txt",
-        "source_quote": f"quote for {claim}", "arms": [] if kind_rv else ["baseline", "champion", arm],
-        "guards": [f"ok gap_floor: gap fine for {claim}", "FAILED patch_changed: decode changed nothing"],
-        "model": "toy", "outcome": "xfail", "expected": verdict,
-    }
+              arm: str = "kv", kind_rv: bool = False) -> ClaimRow:
+    """A claim row as the evaluation and the plugin would give it."""
+    return ClaimRow(
+        claim=claim, protocol=protocol, metric="r_v" if kind_rv else "marker_score",
+        measure="R_V difference" if kind_rv else f"efficiency of {arm} on marker_score",
+        estimate=efficiency, ci_low=low, ci_high=high, level=0.95, interval_method="t on pair means",
+        n_pairs=2, n_seeds=0 if kind_rv else 2, verdict=verdict, reason=f"reason for {claim}",
+        threshold=threshold, direction=direction, kv_layers="" if kind_rv else "all(4)",
+        sites="v_proj@27->L3" if not kind_rv else "v_proj@27->L3;v_proj@5->L1",
+        changed_prefill=12, changed_decode=0, calls_prefill=4, calls_decode=16,
+        statement=f"Statement of {claim}.", source_file="seeds/finding.txt",
+        source_quote=f"quote for {claim}", arms=() if kind_rv else ("baseline", "champion", arm),
+        guards=(f"ok gap_floor: gap fine for {claim}", "FAILED patch_changed: decode changed nothing"),
+        model="toy", outcome="xfail", expected=verdict,
+    )
 
 
 def sample_rows(protocol: str, arms: Iterable[str], pairs: Sequence[str] = ("p1", "p2"),
-                seeds: Sequence[int] = (0, 1)) -> list[dict[str, Any]]:
+                seeds: Sequence[int] = (0, 1)) -> list[SampleRow]:
     """One results row per pair x arm x seed; one long, multi-line text; a NaN metric."""
     rows = []
     for arm in arms:
@@ -57,18 +57,18 @@ def sample_rows(protocol: str, arms: Iterable[str], pairs: Sequence[str] = ("p1"
                 text = f"{arm} {pair} seed{seed} the observer | observing `itself`\nagain"
                 if arm == "champion" and pair == pairs[0] and seed == 0:
                     text += " word" * 80 + " " + LONG_TAIL
-                rows.append({"protocol": protocol, "pair": pair, "arm": arm, "seed": seed,
-                             "n_tokens": 8, "text": text, "marker_score": 2.0, "marker_rate": 0.25,
-                             "distinct_2": 0.9, "echo_rate": None})
+                rows.append(SampleRow(protocol=protocol, pair=pair, arm=arm, seed=seed, n_tokens=8, text=text,
+                                      metrics={"marker_score": 2.0, "marker_rate": 0.25, "distinct_2": 0.9,
+                                               "echo_rate": None}))
     return rows
 
 
-def cell(claim: str, protocol: str, **kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def cell(claim: str, protocol: str, **kw: Any) -> tuple[ClaimRow, list[SampleRow]]:
     row = claim_row(claim, protocol, **kw)
-    return row, sample_rows(protocol, row["arms"])
+    return row, sample_rows(protocol, row.arms)
 
 
-def all_cells(sweep: bool = True) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+def all_cells(sweep: bool = True) -> list[tuple[ClaimRow, list[SampleRow]]]:
     """A few claims under two protocols: ordinary, NaN, rv, and (optionally) a partial-KV sweep."""
     cells = []
     for protocol in ("original", "corrected"):
@@ -88,7 +88,7 @@ def all_cells(sweep: bool = True) -> list[tuple[dict[str, Any], list[dict[str, A
     return cells
 
 
-def write_run(directory: Path, cells: Iterable[tuple[dict, list[dict]]], complete: bool = True,
+def write_run(directory: Path, cells: Iterable[tuple[ClaimRow, list[SampleRow]]], complete: bool = True,
               provenance: dict[str, Any] | None = None) -> Path:
     """A run folder as the plugin writes it, through the real RunWriter.
 
@@ -98,8 +98,7 @@ def write_run(directory: Path, cells: Iterable[tuple[dict, list[dict]]], complet
     writer = RunWriter(directory, dict(provenance or PROVENANCE))
     for row, rows in cells:
         writer.add(row, rows)
-    with mock.patch("harness.render.render"):
-        writer.close(complete=complete)
+    writer.close(complete=complete, render=False)
     return directory
 
 
@@ -120,7 +119,7 @@ def test_summary_starts_with_title_and_the_table_comes_before_the_sections(run_d
     lines = md.splitlines()
     assert lines[0] == "# Claims report: toy"
     header = next(i for i, line in enumerate(lines) if line.startswith("| claim"))
-    assert "verdict" in lines[header] and "95% interval" in lines[header] and "mapped layers/sites" in lines[header]
+    assert "verdict" in lines[header] and "interval" in lines[header] and "mapped layers/sites" in lines[header]
     assert re.match(r"^\|[-|: ]+\|$", lines[header + 1]), "not a github table separator"
     first_section = next(i for i, line in enumerate(lines) if line.startswith("### "))
     assert header < first_section
@@ -235,13 +234,13 @@ def test_summary_json_missing_falls_back_to_claims_csv(tmp_path: Path) -> None:
 
 def test_cli(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (run_dir / "summary.md").unlink()
-    assert main([str(run_dir)]) == 0
+    assert main(["render", str(run_dir)]) == 0
     assert (run_dir / "summary.md").exists()
-    assert main([str(tmp_path / "missing")]) == 2
+    assert main(["render", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
 
 
-def test_importing_render_loads_no_plotting_library() -> None:
-    code = "import sys, harness.render; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'tabulate', 'torch'))))"
+def test_importing_the_report_package_loads_no_plotting_library() -> None:
+    code = "import sys, harness.report; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'tabulate', 'torch'))))"
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []

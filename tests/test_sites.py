@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny import BOS, VOCAB, tiny_llama_gqa, tiny_mistral, tiny_qwen2
+from tiny import BOS, VOCAB, random_prompt, tiny_llama_gqa, tiny_mistral, tiny_qwen2
 from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel
 
 from harness.errors import HarnessLookupError, HarnessValueError, UnsupportedModelError
@@ -239,17 +239,12 @@ def _run_replacing(m, ids, resolved, fn) -> torch.Tensor:
         handle.remove()
 
 
-def _prompt(seed: int, length: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.tensor([[BOS]]), torch.randint(3, VOCAB, (1, length - 1), generator=g)], 1)
-
-
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 @pytest.mark.parametrize("layer", [0, 2])
 def test_hooked_tensors_match_independent_values(name: str, layer: int) -> None:
     m = model(name)
     layout = LlamaLayout(m, source_depth=4)
-    ids = _prompt(1, 9)
+    ids = random_prompt(9, 1)
     with torch.no_grad():
         hidden = m(ids, output_hidden_states=True).hidden_states
         block = m.model.layers[layer]
@@ -268,7 +263,7 @@ def test_hooked_tensors_match_independent_values(name: str, layer: int) -> None:
 def test_with_replaced_replaces_the_tensor(name: str, kind: str) -> None:
     m = model(name)
     layout = LlamaLayout(m, source_depth=4)
-    ids = _prompt(2, 8)
+    ids = random_prompt(8, 2)
     resolved = layout.resolve(Site(kind, 1))
     with torch.no_grad():
         plain = m(ids).logits
@@ -283,7 +278,7 @@ def test_replacing_the_residual_stream_gives_the_other_prompts_logits(kind: str)
     # Every position of the stream replaced by prompt B's: the rest of the model runs B.
     m = model("llama")
     layout = LlamaLayout(m, source_depth=4)
-    a, b = _prompt(3, 7), _prompt(4, 7)
+    a, b = random_prompt(7, 3), random_prompt(7, 4)
     with torch.no_grad():
         hidden_b = m(b, output_hidden_states=True).hidden_states
         logits_b = m(b).logits

@@ -105,3 +105,22 @@ def tiny_subject(builder: Any, *, bos: bool = True, seed: int = 0, **overrides: 
 #: Llama 3's RoPE frequency scaling (rope_type "llama3"), on a short original context so it acts.
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 32}
+
+
+# --------------------------------------------------------------------------- arms
+# The finding's arms as the harness's own tests use them (the claims suite has its own copy
+# in claims/finding.py: the library does not know the finding).
+from harness.records import Intervention  # noqa: E402
+
+KV_ONLY = Intervention("kv-only", kv_layers="all")
+L27_V = Intervention("kv+v_proj@27", kv_layers="all", patches=("v_proj@27",))
+RELAY = Intervention("kv+resid_pre@18+v_proj@27", kv_layers="all", patches=("resid_pre@18", "v_proj@27"))
+WRONG_LAYER_V = Intervention("kv+v_proj@5", kv_layers="all", patches=("v_proj@5",))
+NOTHING = Intervention("no intervention")
+
+
+def random_prompt(length: int, seed: int) -> torch.Tensor:
+    """(1, length) token ids starting with BOS; other tokens avoid the special ids 0..2."""
+    gen = torch.Generator().manual_seed(seed)
+    body = torch.randint(3, VOCAB, (1, length - 1), generator=gen)
+    return torch.cat([torch.tensor([[BOS]]), body], dim=1)

@@ -14,6 +14,7 @@ embedded toy model. This module imports neither torch nor transformers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 from harness.errors import HarnessValueError, PromptFileError
 
-__all__ = ["Pair", "DEFAULT_PROMPTS", "load_pairs", "default_pairs", "spread"]
+__all__ = ["Pair", "DEFAULT_PROMPTS", "load_pairs", "default_pairs", "spread", "pair_seeds", "file_hash"]
 
 #: The bundled bank, in the toy model's vocabulary (baseline: factual register,
 #: champion: self-referential register).
@@ -38,6 +39,29 @@ class Pair:
     id: str
     baseline: str
     champion: str
+
+    def seeds(self, n: int) -> tuple[int, ...]:
+        """This pair's n sampling seeds (see :func:`pair_seeds`)."""
+        return pair_seeds(self, n)
+
+
+def pair_seeds(pair: Pair, n: int) -> tuple[int, ...]:
+    """n seeds of the pair's own, shared by every arm of the pair.
+
+    Derived from the two prompts (not the id or the position in a file), so pairs draw
+    independent samples, which the intervals assume, while arm differences within a
+    pair stay paired. 48-bit bases: two pairs' seed ranges practically never overlap.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise HarnessValueError(f"number of seeds {n!r}; expected a positive integer")
+    digest = hashlib.sha256(f"{pair.baseline}\0{pair.champion}".encode()).hexdigest()
+    base = int(digest[:12], 16)
+    return tuple(base + i for i in range(n))
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a prompts file's bytes (recorded with the verdicts it produced)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _fail(path: Path, line: int | None, problem: str, fix: str) -> PromptFileError:

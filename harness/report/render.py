@@ -1,7 +1,6 @@
 """Render a run folder as a human-readable report: ``summary.md`` and plots.
 
-Reads what :class:`harness.report.RunWriter` wrote (``results.jsonl``,
-``claims.csv``, ``summary.json``) and writes, beside them:
+Reads a run folder (:func:`harness.report.load_run`) and writes, beside its data:
 
 - ``summary.md``: completeness, the claims table first, then one section per
   claim x protocol (statement, source, arms, interval, verdict and why, patch
@@ -13,24 +12,22 @@ Reads what :class:`harness.report.RunWriter` wrote (``results.jsonl``,
 matplotlib and tabulate are imported inside the functions that draw or format,
 so importing this module stays cheap (the pytest plugin may import it).
 
-Command line: ``python -m harness.render RUN_DIR``.
+Command line: ``python -m harness.report render RUN_DIR``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
-import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError, HarnessLookupError, HarnessValueError
+from harness.report.schema import ClaimRow, SampleRow
+from harness.report.writer import Run, load_run, write_atomic
 
-__all__ = ["Run", "load_run", "read_results", "summary_markdown", "render", "main"]
+__all__ = ["summary_markdown", "render", "plot_efficiency", "plot_sweep", "sweep_rows"]
 
 TITLE = "# Claims report"
 SAMPLES_PER_ARM = 3
@@ -39,90 +36,6 @@ SAMPLE_CHARS = 200
 SWEEP_ID = re.compile(r"^partial-kv-(prefix|suffix)-(\d+)$")
 VERDICT_COLOURS = {"supported": "tab:green", "refuted": "tab:red",
                    "inconclusive": "tab:orange", "invalid": "tab:gray"}
-_FLOAT_COLUMNS = ("efficiency", "ci_low", "ci_high", "threshold")
-_INT_COLUMNS = ("n_pairs", "n_seeds", "calls_prefill", "changed_prefill", "calls_decode", "changed_decode")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run folder as read from disk. Rows are plain dicts, as the writer stored them."""
-
-    directory: Path
-    complete: bool
-    provenance: Mapping[str, Any]
-    claims: tuple[dict[str, Any], ...]
-    results: tuple[dict[str, Any], ...]
-    extra: Mapping[str, Any]  # summary.json keys beyond complete/provenance/claims (e.g. shards)
-
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``results.jsonl``; a truncated last line (a run killed mid-write) is dropped.
-
-    A malformed line anywhere else means the file is corrupt, and is refused.
-    """
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):  # only the last write can be cut short
-                break
-            raise HarnessValueError(f"{path}:{number}: not a JSON row ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise HarnessValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def _number(value: str, kind: type) -> Any:
-    try:
-        return kind(value)
-    except ValueError:  # e.g. "1.0" in an int column; a non-number stays text
-        return float(value) if kind is int else value
-
-
-def _read_claims_csv(path: Path) -> list[dict[str, Any]]:
-    """Claim rows from claims.csv, typed like summary.json's (empty cell -> None)."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows: list[dict[str, Any]] = list(csv.DictReader(handle))
-    for row in rows:
-        for col, value in row.items():
-            kind = float if col in _FLOAT_COLUMNS else int if col in _INT_COLUMNS else None
-            row[col] = None if value == "" else _number(value, kind) if kind else value
-    return rows
-
-
-def _key(row: Mapping[str, Any]) -> tuple[str, str]:
-    return (str(row.get("claim")), str(row.get("protocol")))
-
-
-def load_run(run_dir: Path) -> Run:
-    """Read a run folder. ``summary.json`` is the main source of claim rows; a cell found
-    only in ``claims.csv`` (a run stopped between the two writes) is kept too."""
-    run_dir = Path(run_dir)
-    summary_path, csv_path = run_dir / "summary.json", run_dir / "claims.csv"
-    if not summary_path.exists() and not csv_path.exists():
-        raise HarnessLookupError(f"{run_dir}: not a run folder (no summary.json or claims.csv)")
-    summary: dict[str, Any] = {}
-    if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise HarnessValueError(f"{summary_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
-    claims = {_key(r): dict(r) for r in summary.get("claims", [])}
-    if csv_path.exists():
-        for row in _read_claims_csv(csv_path):
-            claims.setdefault(_key(row), row)
-    extra = {k: v for k, v in summary.items() if k not in ("complete", "provenance", "claims")}
-    return Run(directory=run_dir, complete=bool(summary.get("complete", False)),
-               provenance=dict(summary.get("provenance", {})),
-               claims=tuple(claims[k] for k in sorted(claims)),
-               results=tuple(read_results(run_dir / "results.jsonl")), extra=extra)
 
 
 # -- formatting ----------------------------------------------------------------
@@ -145,19 +58,23 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _interval(row: Mapping[str, Any]) -> str:
-    low, high = row.get("ci_low"), row.get("ci_high")
+def _interval(row: ClaimRow) -> str:
+    low, high = row.ci_low, row.ci_high
     if _finite(low) is None and _finite(high) is None:
         return "n/a"
     return f"[{_fmt(low)}, {_fmt(high)}]"
 
 
-def _mapped(row: Mapping[str, Any]) -> str:
+def _level(row: ClaimRow) -> str:
+    return f"{row.level:.4g}" if math.isfinite(row.level) else "n/a"
+
+
+def _mapped(row: ClaimRow) -> str:
     parts = []
-    if row.get("kv_layers"):
-        parts.append(f"kv {row['kv_layers']}")
-    if row.get("sites"):
-        parts.append(str(row["sites"]))
+    if row.kv_layers:
+        parts.append(f"kv {row.kv_layers}")
+    if row.sites:
+        parts.append(row.sites)
     return "; ".join(parts) or "-"
 
 
@@ -184,55 +101,64 @@ def _prov_value(value: Any) -> str:
     return _fmt(value)
 
 
-def _claims_table(claims: Sequence[Mapping[str, Any]]) -> str:
+def _claims_table(claims: Sequence[ClaimRow]) -> str:
     from tabulate import tabulate
 
-    headers = ["claim", "protocol", "efficiency", "95% interval", "n pairs", "n seeds",
+    headers = ["claim", "protocol", "estimate", "interval", "n pairs", "n seeds",
                "verdict", "expected", "mapped layers/sites"]
     rows = [[_cell(c) for c in (
-        r.get("claim"), r.get("protocol"), _fmt(r.get("efficiency")), _interval(r), _fmt(r.get("n_pairs")),
-        _fmt(r.get("n_seeds")), r.get("verdict") or "n/a", r.get("expected") or "-", _mapped(r))]
+        r.claim, r.protocol, _fmt(r.estimate), _interval(r), _fmt(r.n_pairs),
+        _fmt(r.n_seeds) if r.n_seeds else "-", r.verdict or "n/a", r.expected or "-", _mapped(r))]
         for r in claims]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def _samples(results: Sequence[Mapping[str, Any]], protocol: str, arm: str) -> list[Mapping[str, Any]]:
-    """The first few generations of an arm: lowest seed first, one per pair in file order."""
-    rows = [r for r in results if r.get("protocol") == protocol and r.get("arm") == arm]
-    order = {pid: i for i, pid in enumerate(dict.fromkeys(r.get("pair") for r in rows))}
-    rows.sort(key=lambda r: (r.get("seed") if isinstance(r.get("seed"), int) else 0, order[r.get("pair")]))
+def _samples(results: Sequence[SampleRow], protocol: str, arm: str) -> list[SampleRow]:
+    """A few generations of an arm: the first seed of each pair, pairs in file order."""
+    rows = [r for r in results if r.protocol == protocol and r.arm == arm]
+    order = {pid: i for i, pid in enumerate(dict.fromkeys(r.pair for r in rows))}
+    rank = {}
+    for r in rows:
+        rank.setdefault(r.pair, []).append(r.seed)
+    rows.sort(key=lambda r: (sorted(rank[r.pair]).index(r.seed), order[r.pair]))
     return rows[:SAMPLES_PER_ARM]
 
 
-def _claim_section(row: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> list[str]:
-    protocol = str(row.get("protocol"))
-    direction, threshold = row.get("direction") or "?", _fmt(row.get("threshold"))
-    out = [f"### {row.get('claim')} [{protocol}]", ""]
-    if row.get("statement"):
-        out += [f"> {_one_line(row['statement'], limit=2000)}", ""]
-    if row.get("source_file") or row.get("source_quote"):
-        out += [f"Source: `{row.get('source_file') or '?'}`: \"{row.get('source_quote') or ''}\"", ""]
-    arms = list(row.get("arms") or [])
+def _claim_section(row: ClaimRow, results: Sequence[SampleRow]) -> list[str]:
+    out = [f"### {row.claim} [{row.protocol}]", ""]
+    if row.statement:
+        out += [f"> {_one_line(row.statement, limit=2000)}", ""]
+    if row.source_file or row.source_quote:
+        out += [f"Source: `{row.source_file or '?'}`: \"{row.source_quote}\"", ""]
+    bound = (f"within [{_fmt(row.threshold)}, {_fmt(row.threshold_high)}]" if row.direction == "within"
+             else f"{row.direction} {_fmt(row.threshold)}")
     out += [
-        f"- Arms: {', '.join(arms) if arms else 'n/a'}",
-        f"- Metric: {row.get('metric') or 'n/a'}; estimate {_fmt(row.get('efficiency'))}, "
-        f"95% interval {_interval(row)}; the claim holds if it is {direction} {threshold}",
-        f"- Verdict: **{row.get('verdict') or 'n/a'}** (expected {row.get('expected') or 'n/a'}, "
-        f"outcome {row.get('outcome') or 'n/a'}): {row.get('reason') or 'no reason recorded'}",
-        f"- Mapped layers/sites: {_mapped(row)}",
-        f"- Patch applications: prefill {_fmt(row.get('calls_prefill'))} calls, "
-        f"{_fmt(row.get('changed_prefill'))} values changed; decode {_fmt(row.get('calls_decode'))} calls, "
-        f"{_fmt(row.get('changed_decode'))} values changed",
+        f"- Measure: {row.measure or 'n/a'}; estimate {_fmt(row.estimate)}, {_level(row)} interval "
+        f"{_interval(row)} ({row.interval_method or 'n/a'}); the claim holds if it is {bound}",
+        f"- Verdict: **{row.verdict or 'n/a'}** (expected {row.expected or 'n/a'}, "
+        f"outcome {row.outcome or 'n/a'}): {row.reason or 'no reason recorded'}",
     ]
-    guards = list(row.get("guards") or [])
-    if guards:
-        out += ["- Guards:", *[f"  - {g}" for g in guards]]
+    if row.arms:
+        out.append(f"- Arms: {', '.join(row.arms)}")
+    if row.n_seeds:
+        out.append(f"- Pairs and seeds: {row.n_pairs} pairs x {row.n_seeds} seeds")
+    if row.alt_metric:
+        out.append(f"- On {row.alt_metric}: estimate {_fmt(row.alt_estimate)}, interval "
+                   f"[{_fmt(row.alt_low)}, {_fmt(row.alt_high)}], verdict {row.alt_verdict}"
+                   + ("" if row.metrics_agree else " (**disagrees with the text metric**)"))
+    if row.kv_layers or row.sites:
+        out.append(f"- Mapped layers/sites: {_mapped(row)}")
+    if row.calls_prefill or row.calls_decode:
+        out.append(f"- Patch applications: prefill {row.calls_prefill} calls, {row.changed_prefill} values "
+                   f"changed; decode {row.calls_decode} calls, {row.changed_decode} values changed")
+    if row.guards:
+        out += ["- Guards:", *[f"  - {g}" for g in row.guards]]
     out.append("")
-    for arm in arms:
-        samples = _samples(results, protocol, arm)
+    for arm in row.arms:
+        samples = _samples(results, row.protocol, arm)
         if samples:
             out += [f"Sample generations, {arm}:", ""]
-            out += _fenced([f"{s.get('pair')} seed {s.get('seed')}: {_one_line(s.get('text'))}" for s in samples])
+            out += _fenced([f"{s.pair} seed {s.seed}: {_one_line(s.text)}" for s in samples])
             out.append("")
     return out
 
@@ -242,7 +168,7 @@ def summary_markdown(run: Run, plots: Sequence[str] = ()) -> str:
     from tabulate import tabulate
 
     model = run.provenance.get("model")
-    n_cells, n_claims = len(run.claims), len({r.get("claim") for r in run.claims})
+    n_cells, n_claims = len(run.claims), len({r.claim for r in run.claims})
     out = [f"{TITLE}{f': {model}' if model else ''}", ""]
     if run.complete:
         out += [f"Run complete: {n_claims} claims, {n_cells} claim x protocol cells.", ""]
@@ -288,7 +214,7 @@ def _save(fig: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def plot_efficiency(claims: Sequence[Mapping[str, Any]], path: Path) -> None:
+def plot_efficiency(claims: Sequence[ClaimRow], path: Path) -> None:
     """Each claim x protocol on its own row: estimate, interval, verdict colour, threshold."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -296,20 +222,22 @@ def plot_efficiency(claims: Sequence[Mapping[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(8, 1.2 + 0.32 * max(len(claims), 1)))
     ax = fig.add_subplot()
     for y, row in enumerate(claims):
-        colour = VERDICT_COLOURS.get(str(row.get("verdict")), "black")
-        est, low, high = (_finite(row.get(k)) for k in ("efficiency", "ci_low", "ci_high"))
+        colour = VERDICT_COLOURS.get(row.verdict, "black")
+        est, low, high = (_finite(v) for v in (row.estimate, row.ci_low, row.ci_high))
         if low is not None and high is not None:  # drawn as a segment: no error bars below zero length
             ax.plot([low, high], [y, y], color=colour, linewidth=2, solid_capstyle="butt")
         if est is not None:
             ax.plot([est], [y], "o", color=colour, markersize=6)
-        threshold = _finite(row.get("threshold"))
+        threshold = _finite(row.threshold)
         if threshold is not None:
-            marker = ">" if row.get("direction") == "above" else "<"
+            marker = ">" if row.direction == "above" else "<" if row.direction == "below" else "|"
             ax.plot([threshold], [y], marker, color="black", markersize=5)
-    ax.set_yticks(range(len(claims)), [f"{r.get('claim')} [{r.get('protocol')}]" for r in claims], fontsize=8)
+            if row.direction == "within" and _finite(row.threshold_high) is not None:
+                ax.plot([row.threshold_high], [y], marker, color="black", markersize=5)
+    ax.set_yticks(range(len(claims)), [f"{r.claim} [{r.protocol}]" for r in claims], fontsize=8)
     ax.set_ylim(len(claims) - 0.5, -0.5)  # first claim on top, as in the table
     ax.axvline(0.0, color="0.85", linewidth=0.8, zorder=0)
-    ax.set_xlabel("estimate with 95% interval (efficiency; R_V difference for rv claims)")
+    ax.set_xlabel("estimate with its interval (efficiency, contrast or geometry difference: see the table)")
     handles = [Line2D([], [], color=c, marker="o", label=v) for v, c in VERDICT_COLOURS.items()]
     handles += [Line2D([], [], color="black", marker=m, linestyle="", label=f"threshold, claim: {d}")
                 for m, d in ((">", "above"), ("<", "below"))]
@@ -318,17 +246,17 @@ def plot_efficiency(claims: Sequence[Mapping[str, Any]], path: Path) -> None:
     _save(fig, path)
 
 
-def sweep_rows(claims: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[tuple[int, Mapping[str, Any]]]]:
+def sweep_rows(claims: Sequence[ClaimRow]) -> dict[tuple[str, str], list[tuple[int, ClaimRow]]]:
     """``partial-kv-*`` rows grouped by (block, protocol), sorted by k."""
-    groups: dict[tuple[str, str], list[tuple[int, Mapping[str, Any]]]] = {}
+    groups: dict[tuple[str, str], list[tuple[int, ClaimRow]]] = {}
     for row in claims:
-        match = SWEEP_ID.match(str(row.get("claim")))
+        match = SWEEP_ID.match(row.claim)
         if match:
-            groups.setdefault((match[1], str(row.get("protocol"))), []).append((int(match[2]), row))
+            groups.setdefault((match[1], row.protocol), []).append((int(match[2]), row))
     return {k: sorted(v, key=lambda kv: kv[0]) for k, v in sorted(groups.items())}
 
 
-def plot_sweep(groups: Mapping[tuple[str, str], Sequence[tuple[int, Mapping[str, Any]]]], path: Path) -> None:
+def plot_sweep(groups: Mapping[tuple[str, str], Sequence[tuple[int, ClaimRow]]], path: Path) -> None:
     """Efficiency vs k, one line per (block, protocol), intervals as vertical segments."""
     from matplotlib.figure import Figure
 
@@ -342,25 +270,25 @@ def plot_sweep(groups: Mapping[tuple[str, str], Sequence[tuple[int, Mapping[str,
     thresholds = set()
     for (block, protocol), cells in groups.items():
         xs = [k + offsets[(block, protocol)] for k, _ in cells]
-        ys = [_finite(r.get("efficiency")) for _, r in cells]
+        ys = [_finite(r.estimate) for _, r in cells]
         colour, style = colours.get(block, "black"), styles[protocols.index(protocol) % len(styles)]
         ax.plot(xs, [math.nan if y is None else y for y in ys], style, marker="o", color=colour,
                 label=f"{block} [{protocol}]")  # NaN leaves a gap in the line
         for x, (_, row) in zip(xs, cells):
-            low, high = _finite(row.get("ci_low")), _finite(row.get("ci_high"))
+            low, high = _finite(row.ci_low), _finite(row.ci_high)
             if low is not None and high is not None:
                 ax.plot([x, x], [low, high], color=colour, linewidth=1.5, alpha=0.7)
-            if _finite(row.get("threshold")) is not None:
-                thresholds.add(_finite(row.get("threshold")))
-            y = _finite(row.get("efficiency"))
-            if row.get("verdict") == "invalid" and y is not None:  # a broken experiment, not a result
+            if _finite(row.threshold) is not None:
+                thresholds.add(_finite(row.threshold))
+            y = _finite(row.estimate)
+            if row.verdict == "invalid" and y is not None:  # a broken experiment, not a result
                 invalid = ax.plot([x], [y], "x", color="tab:gray", markersize=10, mew=2)[0]
                 invalid.set_label("invalid")
     for t in sorted(thresholds):
         ax.axhline(t, color="black", linewidth=0.9, linestyle=":", label=f"threshold {t:g}")
     ax.set_xticks(sorted({k for cells in groups.values() for k, _ in cells}))
     ax.set_xlabel("k (prefix: KV of layers 0..k; suffix: layers k..31; as written for 32 layers)")
-    ax.set_ylabel("transfer efficiency, 95% interval")
+    ax.set_ylabel("transfer efficiency, with its interval")
     ax.set_title("Partial-KV layer sweep")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))  # one "invalid" entry however many points
@@ -385,27 +313,4 @@ def render(run_dir: Path) -> None:
         plots.append("layer_sweep.png")
     elif sweep.exists():  # a stale plot from earlier data in this folder would mislead
         sweep.unlink()
-    path = run.directory / "summary.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(summary_markdown(run, plots), encoding="utf-8")
-    tmp.replace(path)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m harness.render RUN_DIR``: render a run folder, print where it went."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m harness.render", description=render.__doc__)
-    parser.add_argument("run_dir", type=Path, help="a run folder (e.g. reports/latest)")
-    args = parser.parse_args(argv)
-    try:
-        render(args.run_dir)
-    except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(args.run_dir / "summary.md")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    write_atomic(run.directory / "summary.md", summary_markdown(run, plots))

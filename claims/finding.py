@@ -1,14 +1,19 @@
-"""The named arms of the findings: KV splices and persistent patches.
+"""The finding under test: its source file and its named arms (KV splices, persistent patches).
 
 Layers are written as in the finding (for a 32-layer model); the runner maps
-them to the subject's depth.
+them to the subject's depth. Claim modules import from here (``from finding import
+...``): pytest puts this folder on the import path when it collects them.
 """
 
 from __future__ import annotations
 
-from harness.generate import Intervention
+from harness.records import Intervention
+
+#: The findings file the claims quote, as the shared design names it.
+SEED_FILE = "seeds/000_83d9e96518e33c6a.txt"
 
 __all__ = [
+    "SEED_FILE",
     "KV_ONLY", "L27_V", "RELAY", "SINGLE_LAYER_KV", "V_WITHOUT_KV", "RESID_WITHOUT_KV",
     "WRONG_LAYER_V", "RANDOM_SOURCE_V", "NOTHING", "kv_prefix", "kv_suffix",
 ]

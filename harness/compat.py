@@ -1,0 +1,83 @@
+"""Every difference between the transformers 4.x and 5.x lines the harness meets, in one place.
+
+- The forward argument that takes a cache: ``past_key_values=`` (4.x) or ``cache=`` (5.x),
+  and the output field that returns it (``.past_key_values`` / ``.cache``).
+- A cache's per-layer tensors: ``cache.layers[i].keys`` (4.56+ and 5.x; legacy tuples
+  ``((k, v), ...)`` are still read).
+- The loading argument for the weights dtype: ``torch_dtype=`` (4.x) or ``dtype=`` (5.x).
+
+Nothing else in the harness checks the library's version.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from harness.errors import HarnessValueError
+
+__all__ = ["cache_kwarg", "output_cache", "cache_from_kwargs", "cache_layers", "new_cache", "dtype_kwarg",
+           "transformers_major"]
+
+
+def transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def dtype_kwarg() -> str:
+    """The ``from_pretrained`` argument naming the weights dtype."""
+    return "dtype" if transformers_major() >= 5 else "torch_dtype"
+
+
+def new_cache() -> Any:
+    """An empty full-attention dynamic cache (no sliding-window layers, whatever the config says)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_for(forward: Any) -> str:
+    params = inspect.signature(forward).parameters
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    # forward(**kwargs) wrappers: fall back on the library version
+    return "cache" if transformers_major() >= 5 else "past_key_values"
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name of the forward argument that takes a cache: "cache" or "past_key_values"."""
+    return _cache_kwarg_for(type(model).forward)
+
+
+def output_cache(outputs: Any) -> Any:
+    """The cache object of a model output (``.cache`` in 5.x, ``.past_key_values`` in 4.x)."""
+    for name in ("cache", "past_key_values"):
+        value = getattr(outputs, name, None)
+        if value is not None:
+            return value
+    raise HarnessValueError("model output carries no cache; call the model with use_cache=True")
+
+
+def cache_from_kwargs(kwargs: dict[str, Any]) -> Any:
+    """The cache passed to a forward call (e.g. seen by a pre-hook with kwargs), or None."""
+    for name in ("cache", "past_key_values"):
+        value = kwargs.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def cache_layers(cache: Any) -> list[tuple[Any, Any]]:
+    """(keys, values) per layer of a cache object or a legacy tuple; None where a layer is empty."""
+    if isinstance(cache, (tuple, list)):
+        return [(layer[0], layer[1]) for layer in cache]
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise HarnessValueError(f"unsupported cache type {type(cache).__name__}")
+    return [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in layers]

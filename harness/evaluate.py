@@ -1,0 +1,228 @@
+"""Evaluate a claim: run its arms, compute its measure per pair, guard, interval, verdict.
+
+Data flow for one claim cell (a claim under a protocol):
+
+1. every arm the claim needs, plus the two reference arms, is run on every pair with
+   the pair's own seeds (:meth:`harness.prompts.Pair.seeds`), through the runner's memo;
+2. each sample's metrics are computed once (:func:`harness.metrics.sample_metrics`);
+3. the claim's measure turns them into one value per pair (:mod:`harness.claims`);
+4. guards check the experiment (gap floor, patches that changed nothing, arms that
+   should differ, degenerate or echoing text);
+5. an interval at the family-wise level and the verdict (:mod:`harness.stats`);
+6. the same measure on the model-based metric, beside it.
+
+The result is a :class:`~harness.report.ClaimRow` and the cell's
+:class:`~harness.report.SampleRow` s. Nothing here knows about pytest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.claims import ANY_PROTOCOL, Claim, metric_for
+from harness.errors import HarnessValueError
+from harness.guards import guard_degeneration, guard_echo, mean
+from harness.metrics import METRICS, efficiency, r_v, sample_metrics
+from harness.records import ArmResult, Intervention, Protocol
+from harness.report.schema import ClaimRow, SampleRow
+from harness.sites import Site
+from harness.guards import GuardResult, guard_arms_differ, guard_gap_floor, guard_patch_changed
+from harness.stats import decide, family_level, mean_interval, min_detectable_effect
+
+__all__ = ["Evaluation", "Evaluator", "MODEL_METRIC"]
+
+#: The model-based metric every efficiency claim is also measured on, beside its text metric.
+MODEL_METRIC = "champion_logprob"
+REFERENCE_ARMS = ("baseline", "champion")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    row: ClaimRow
+    samples: tuple[SampleRow, ...]
+
+
+class _Cell:
+    """The evaluation context of one claim cell: pairs, protocol, seeds (see claims.Context)."""
+
+    def __init__(self, evaluator: Evaluator, pairs: Sequence[Any], protocol: Protocol, n_seeds: int) -> None:
+        self.ev, self.pairs, self.protocol, self.n_seeds = evaluator, list(pairs), protocol, n_seeds
+        self.used: dict[str, ArmResult] = {}
+
+    def results(self, arm: str | Intervention) -> dict[str, ArmResult]:
+        out = {}
+        for pair in self.pairs:
+            res = self.ev.runner.run(pair, arm, self.protocol, pair.seeds(self.n_seeds))
+            out[pair.id] = res
+            self.used[f"{pair.id}\0{res.arm}"] = res
+        return out
+
+    def metric_by_pair(self, arm: str | Intervention, metric: str) -> dict[str, float]:
+        """The metric per pair: the mean over seeds, or the teacher-forced score."""
+        if METRICS[metric].per_sample is None:
+            return {p.id: self.ev.runner.score(p, arm, self.protocol) for p in self.pairs}
+        by_id = {p.id: p for p in self.pairs}
+        return {pid: mean(m.get(metric) for m in self.ev.metrics(res, by_id[pid].champion))
+                for pid, res in self.results(arm).items()}
+
+    def efficiencies(self, arm: Intervention, metric: str) -> dict[str, float]:
+        base, champ = self.metric_by_pair("baseline", metric), self.metric_by_pair("champion", metric)
+        value = self.metric_by_pair(arm, metric)
+        floor = METRICS[metric].floor
+        return {pid: efficiency(value[pid], base[pid], champ[pid], floor) for pid in value}
+
+    def gaps(self, metric: str) -> dict[str, float]:
+        base, champ = self.metric_by_pair("baseline", metric), self.metric_by_pair("champion", metric)
+        return {pid: champ[pid] - base[pid] for pid in base}
+
+    def rv_difference(self, late: int, early: int) -> dict[str, float]:
+        sites = (Site("v_proj", late), Site("v_proj", early))
+        out = {}
+        for pair in self.pairs:
+            rv = [r_v(*(self.ev.runner.activation(text, s) for s in sites), window=self.protocol.window)
+                  for text in (pair.champion, pair.baseline)]
+            out[pair.id] = rv[0] - rv[1]
+        return out
+
+    def pooled(self, arm: str | Intervention, metric: str) -> float:
+        by_id = {p.id: p for p in self.pairs}
+        return mean(m.get(metric) for pid, res in self.results(arm).items()
+                    for m in self.ev.metrics(res, by_id[pid].champion))
+
+
+class Evaluator:
+    """Evaluates claims on one runner; memoises each sample's metrics."""
+
+    def __init__(self, runner: Any, alpha: float = 0.05) -> None:
+        self.runner = runner
+        self.alpha = alpha
+        self._metrics: dict[tuple, tuple[dict[str, float | None], ...]] = {}
+
+    def metrics(self, res: ArmResult, champion_prompt: str) -> tuple[dict[str, float | None], ...]:
+        key = (res.pair_id, res.arm, res.protocol, res.seeds, res.tokens)
+        if key not in self._metrics:
+            self._metrics[key] = tuple(sample_metrics(t, champion_prompt) for t in res.texts)
+        return self._metrics[key]
+
+    def evaluate(self, claim: Claim, pairs: Sequence[Any], protocol: Protocol, *, n_seeds: int,
+                 family_size: int) -> Evaluation:
+        """Run every arm the claim needs and decide its verdict under ``protocol``."""
+        if not pairs:
+            raise HarnessValueError(f"claim {claim.id}: no prompt pairs to evaluate on")
+        if family_size < 1:
+            raise HarnessValueError(f"family size {family_size}; expected at least 1 claim cell")
+        cell = _Cell(self, pairs, protocol, n_seeds)
+        level = family_level(family_size, self.alpha)
+        metric = metric_for(claim, protocol)
+        values = claim.measure.per_pair(cell, metric)
+        guards = self._guards(claim, cell, metric)
+        interval = mean_interval(values, level)
+        decision = decide(interval, _threshold(claim), claim.direction, guards)
+        row = dict(
+            claim=claim.id, protocol=ANY_PROTOCOL if claim.protocol_independent else protocol.name,
+            verdict=str(decision.verdict), reason=decision.reason, measure=claim.measure.describe(metric),
+            metric=metric if claim.measure.arms else "r_v", estimate=interval.estimate,
+            ci_low=interval.low, ci_high=interval.high, level=level, interval_method=interval.method,
+            degenerate=interval.degenerate, n_pairs=interval.n_pairs,
+            n_seeds=n_seeds if claim.measure.arms else 0, threshold=float(claim.threshold),
+            threshold_high=math.nan if claim.threshold_high is None else float(claim.threshold_high),
+            direction=claim.direction, family_size=family_size,
+            mde=min_detectable_effect(values, level), flags=decision.flags, statement=claim.statement,
+            source_file=claim.source.file, source_quote=claim.source.quote,
+            guards=tuple(f"{'ok' if g.ok else 'FAILED'} {g.name}: {g.message}" for g in guards),
+        )
+        if claim.measure.arms:
+            row.update(self._alt(claim, cell, level, guards))
+            row.update(self._patches(claim, cell))
+            decisive = {"supported", "refuted"}
+            row["metrics_agree"] = not (row["verdict"] in decisive and row["alt_verdict"] in decisive
+                                        and row["verdict"] != row["alt_verdict"])
+        else:
+            row["sites"] = ";".join(f"v_proj@{layer}->L{self.runner.layout.map(layer)}"
+                                    for layer in (claim.measure.late, claim.measure.early))
+        samples = tuple(self._samples(cell))
+        row["arms"] = tuple(dict.fromkeys(s.arm for s in samples))
+        return Evaluation(ClaimRow(**row), samples)
+
+    # -- parts of a row ------------------------------------------------------------
+
+    def _guards(self, claim: Claim, cell: _Cell, metric: str) -> list[GuardResult]:
+        if not claim.measure.arms:
+            return []
+        guards = [guard_gap_floor(cell.gaps(metric), METRICS[metric].floor)]
+        d2 = {a: cell.pooled(a, "distinct_2") for a in REFERENCE_ARMS}
+        echo_champion = cell.pooled("champion", "echo_rate")
+        for arm in claim.measure.arms:
+            runs = cell.results(arm)
+            guards += _patch_guards(runs)
+            guards.append(guard_degeneration(arm.name, cell.pooled(arm, "distinct_2"), d2["baseline"],
+                                             d2["champion"]))
+            guards.append(guard_echo(arm.name, cell.pooled(arm, "echo_rate"), echo_champion))
+        if claim.must_differ_from is not None:
+            mine, other = cell.results(claim.measure.arms[0]), cell.results(claim.must_differ_from)
+            guards.append(guard_arms_differ({k: r.tokens for k, r in mine.items()},
+                                            {k: r.tokens for k, r in other.items()},
+                                            names=(claim.measure.arms[0].name, claim.must_differ_from.name)))
+        return list(dict.fromkeys(guards))
+
+    def _alt(self, claim: Claim, cell: _Cell, level: float, guards: list[GuardResult]) -> dict[str, Any]:
+        values = claim.measure.per_pair(cell, MODEL_METRIC)
+        interval = mean_interval(values, level)
+        machine = [g for g in guards if not g.name.startswith(("degeneration", "echo", "gap_floor"))]
+        machine.append(guard_gap_floor(cell.gaps(MODEL_METRIC), METRICS[MODEL_METRIC].floor))
+        alt = decide(interval, _threshold(claim), claim.direction, machine)
+        return dict(alt_metric=MODEL_METRIC, alt_estimate=interval.estimate, alt_low=interval.low,
+                    alt_high=interval.high, alt_verdict=str(alt.verdict))
+
+    def _patches(self, claim: Claim, cell: _Cell) -> dict[str, Any]:
+        arm = claim.measure.arms[0]
+        runs = cell.results(arm)
+        sums = dict.fromkeys(("calls_prefill", "changed_prefill", "calls_decode", "changed_decode"), 0)
+        for res in runs.values():
+            for c in res.patch_counts:
+                sums[f"calls_{c.phase}"] += c.calls
+                sums[f"changed_{c.phase}"] += c.changed
+        n_layers = self.runner.layout.n_layers
+        kv = arm.mapped_kv_layers(n_layers)
+        sites = ";".join(f"{s}->L{self.runner.layout.map(int(s.split('@')[1]))}" for s in arm.patches)
+        return dict(sums, kv_layers=_layers_text(kv, n_layers), sites=sites)
+
+    def _samples(self, cell: _Cell) -> list[SampleRow]:
+        by_id = {p.id: p for p in cell.pairs}
+        rows = []
+        for res in cell.used.values():
+            for seed, tokens, text, metrics in zip(res.seeds, res.tokens, res.texts,
+                                                   self.metrics(res, by_id[res.pair_id].champion)):
+                rows.append(SampleRow(protocol=res.protocol, pair=res.pair_id, arm=res.arm, seed=seed,
+                                      n_tokens=len(tokens), text=text, metrics=metrics))
+        return rows
+
+
+def _threshold(claim: Claim) -> Any:
+    return (claim.threshold, claim.threshold_high) if claim.direction == "within" else claim.threshold
+
+
+def _patch_guards(runs: Mapping[str, ArmResult]) -> list[GuardResult]:
+    """Each declared phase of each patch must have changed something, summed over pairs."""
+    totals: dict[tuple[str, int], dict[str, int]] = {}
+    declared: tuple[str, ...] = ()
+    for res in runs.values():
+        declared = res.declared_phases or declared
+        for c in res.patch_counts:
+            slot = totals.setdefault((c.site, c.layer), {})
+            slot[c.phase] = slot.get(c.phase, 0) + c.changed
+    return [guard_patch_changed(changed, declared, site=f"{site}(L{layer})")
+            for (site, layer), changed in totals.items()]
+
+
+def _layers_text(layers: Sequence[int], n_layers: int) -> str:
+    if not layers:
+        return ""
+    if tuple(layers) == tuple(range(n_layers)):
+        return f"all({n_layers})"
+    if tuple(layers) == tuple(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}..{layers[-1]}"
+    return ",".join(map(str, layers))

@@ -1,0 +1,127 @@
+"""The records of an experiment, apart from the engine that runs them: no torch here.
+
+A :class:`Protocol` holds every choice that is not the intervention; an
+:class:`Intervention` says what is spliced and patched; an :class:`ArmResult` is
+what one arm of one pair generated, with what its patches did (:class:`PatchCount`).
+The two built-in protocols are :data:`ORIGINAL` and :data:`CORRECTED` (see
+:mod:`harness.generate` for what each does step by step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
+from harness.sites import SOURCE_DEPTH, map_layer, parse_site
+
+__all__ = ["Protocol", "ORIGINAL", "CORRECTED", "PROTOCOLS", "get_protocol", "Intervention",
+           "ArmResult", "PatchCount"]
+
+
+@dataclass(frozen=True)
+class PatchCount:
+    """What one patch did in one phase: calls seen and values actually changed."""
+
+    site: str
+    layer: int
+    phase: str
+    calls: int
+    changed: int
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every choice that is not the intervention."""
+
+    name: str
+    align: str
+    refeed_last: bool
+    patch_mode: str
+    patch_phases: tuple[str, ...]
+    temperature: float = 0.8
+    top_k: int | None = None
+    reference_top_k: int | None = None
+    gen_tokens: int = 32
+    window: int = 16
+    decode_source: str = "last"
+    greedy: bool = False
+    stop_at_eos: bool = True
+    #: The per-sample metric the protocol's verdicts are judged on (claims may name another).
+    metric: str = "marker_rate"
+
+    def with_(self, **changes: Any) -> Protocol:
+        return dataclasses.replace(self, **changes)
+
+
+ORIGINAL = Protocol(
+    "original", align="right", refeed_last=True, patch_mode="original",
+    patch_phases=("decode",), reference_top_k=50, metric="marker_score",
+)
+CORRECTED = Protocol(
+    "corrected", align="right-rerotated", refeed_last=False, patch_mode="corrected",
+    patch_phases=("prefill", "decode"),
+)
+PROTOCOLS = {p.name: p for p in (ORIGINAL, CORRECTED)}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise HarnessLookupError(
+            f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}."
+            + did_you_mean(name, PROTOCOLS)
+        )
+    return PROTOCOLS[name]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A KV splice (layers as written for a 32-layer model) and/or persistent patches.
+
+    ``kv_layers`` is ``"all"``, layers as written in the finding (normalised to a
+    sorted tuple), or None. ``source`` is ``"champion"`` or ``"random"``
+    (norm-matched random activations in place of the champion's, a control).
+    The name identifies the intervention in reports: two different interventions
+    of one run must not share it.
+    """
+
+    name: str
+    kv_layers: str | tuple[int, ...] | None = None
+    patches: tuple[str, ...] = ()
+    source: str = "champion"
+
+    def __post_init__(self) -> None:
+        for text in self.patches:
+            parse_site(text)
+        if self.source not in ("champion", "random"):
+            raise HarnessValueError(f"intervention source {self.source!r}; expected 'champion' or 'random'")
+        if isinstance(self.kv_layers, str) and self.kv_layers != "all":
+            raise HarnessValueError(f"kv_layers {self.kv_layers!r}; expected 'all', a tuple of layers or None")
+        if self.kv_layers is not None and not isinstance(self.kv_layers, str):
+            for layer in self.kv_layers:
+                map_layer(layer, SOURCE_DEPTH)  # refuses a layer outside the finding's 0..31 now
+            object.__setattr__(self, "kv_layers", tuple(sorted(set(int(x) for x in self.kv_layers))))
+
+    def mapped_kv_layers(self, n_layers: int) -> tuple[int, ...]:
+        """The spliced layers of an ``n_layers`` model, sorted (empty when nothing is spliced)."""
+        if self.kv_layers is None:
+            return ()
+        if self.kv_layers == "all":
+            return tuple(range(n_layers))
+        return tuple(sorted({map_layer(layer, n_layers) for layer in self.kv_layers}))
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One arm of one pair under one protocol: generated tokens per seed, patch counts."""
+
+    pair_id: str
+    arm: str
+    protocol: str
+    seeds: tuple[int, ...]
+    tokens: tuple[tuple[int, ...], ...]
+    texts: tuple[str, ...]
+    patch_counts: tuple[PatchCount, ...] = ()
+    kv_layers: tuple[int, ...] = ()
+    declared_phases: tuple[str, ...] = field(default=())

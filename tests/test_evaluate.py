@@ -1,0 +1,94 @@
+"""Evaluating claims on the toy: guards that catch broken experiments, rows, samples, seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from tiny import KV_ONLY, L27_V, WRONG_LAYER_V
+
+from harness.claims import Claim, Contrast, Efficiency, RvDifference, Source
+from harness.evaluate import Evaluator
+from harness.generate import Runner
+from harness.model import load_subject
+from harness.prompts import default_pairs, spread
+from harness.records import CORRECTED, ORIGINAL, Intervention
+
+SOURCE = Source("test", "quote")
+RESID = Intervention("resid_pre@18", patches=("resid_pre@18",))
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return Evaluator(Runner(load_subject()))
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return spread(default_pairs(), 4)
+
+
+def run(evaluator, claim, pairs, protocol, tokens=10, seeds=2, family=1):
+    return evaluator.evaluate(claim, pairs, protocol.with_(gen_tokens=tokens), n_seeds=seeds, family_size=family)
+
+
+def test_original_l27_claim_is_invalid_because_its_patch_never_wrote(evaluator, pairs):
+    claim = Claim("l27", "s", SOURCE, Efficiency(L27_V), threshold=0.8, direction="above", must_differ_from=KV_ONLY)
+    row = run(evaluator, claim, pairs, ORIGINAL).row
+    assert row.verdict == "invalid"
+    assert "changed no values in phase(s): decode" in row.reason
+    assert "identical tokens for every seed" in row.reason
+    assert row.calls_decode > 0 and row.changed_decode == 0
+    assert row.kv_layers == "all(32)" and "v_proj@27->L27" in row.sites
+
+
+def test_corrected_l27_patch_acts_in_both_phases_and_the_interval_holds_the_estimate(evaluator, pairs):
+    claim = Claim("l27", "s", SOURCE, Efficiency(L27_V), threshold=0.8, direction="above", must_differ_from=KV_ONLY)
+    row = run(evaluator, claim, pairs, CORRECTED).row
+    assert row.changed_prefill > 0 and row.changed_decode > 0
+    assert not any(g.startswith("FAILED patch_changed") for g in row.guards)
+    assert row.metric == "marker_rate" and row.alt_metric == "champion_logprob"
+    assert row.ci_low <= row.estimate <= row.ci_high
+    assert math.isfinite(row.alt_estimate) and row.alt_verdict
+
+
+def test_contrast_is_invalid_when_the_comparison_arms_patch_never_wrote(evaluator, pairs):
+    claim = Claim("c", "s", SOURCE, Contrast(KV_ONLY, versus=WRONG_LAYER_V), threshold=0.0, direction="above")
+    row = run(evaluator, claim, pairs, ORIGINAL).row
+    assert row.verdict == "invalid" and "v_proj@5(L5)" in row.reason
+
+
+def test_rv_claim_runs_once_whatever_the_protocol(evaluator, pairs):
+    claim = Claim("rv", "s", SOURCE, RvDifference(), threshold=0.0, direction="below")
+    a, b = run(evaluator, claim, pairs, ORIGINAL).row, run(evaluator, claim, pairs, CORRECTED).row
+    assert a == b and a.protocol == "any" and a.metric == "r_v" and a.n_seeds == 0
+    assert a.n_pairs == len(pairs) and math.isfinite(a.estimate)
+    assert a.sites == "v_proj@27->L27;v_proj@5->L5" and a.arms == ()
+
+
+def test_an_arm_that_degenerates_is_invalid_not_a_transfer(evaluator, pairs):
+    """The resid_pre@18 patch alone makes the toy repeat itself: under the original score's
+    repetition bonus that read as transfer; the degeneration guard makes it invalid."""
+    claim = Claim("r", "s", SOURCE, Efficiency(RESID, metric="marker_score"), threshold=0.2, direction="below")
+    row = run(evaluator, claim, pairs, CORRECTED, tokens=24).row
+    assert row.verdict == "invalid"
+    assert "FAILED degeneration[resid_pre@18]" in " ".join(row.guards)
+
+
+def test_samples_use_each_pairs_own_seeds_and_carry_their_metrics(evaluator, pairs):
+    claim = Claim("k", "s", SOURCE, Efficiency(KV_ONLY), threshold=0.2, direction="below")
+    evaluation = run(evaluator, claim, pairs, CORRECTED, seeds=3)
+    samples = evaluation.samples
+    assert len(samples) == len(pairs) * 3 * 3  # baseline, champion, kv-only
+    for pair in pairs:
+        assert sorted({s.seed for s in samples if s.pair == pair.id}) == list(pair.seeds(3))
+    assert len({s.seed for s in samples}) == len(pairs) * 3  # no seed shared between pairs
+    assert all({"marker_rate", "marker_score", "distinct_2"} <= set(s.metrics) for s in samples)
+    assert evaluation.row.arms == ("baseline", "champion", "kv-only")
+
+
+def test_the_family_widens_the_interval(evaluator, pairs):
+    claim = Claim("k", "s", SOURCE, Efficiency(L27_V), threshold=0.2, direction="below")
+    one, many = run(evaluator, claim, pairs, CORRECTED).row, run(evaluator, claim, pairs, CORRECTED, family=30).row
+    assert one.estimate == many.estimate
+    assert many.level > one.level and many.ci_high - many.ci_low > one.ci_high - one.ci_low
