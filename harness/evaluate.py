@@ -53,9 +53,10 @@ class _Cell:
         self.used: dict[str, ArmResult] = {}
 
     def results(self, arm: str | Intervention) -> dict[str, ArmResult]:
+        """The arm on every pair, in one batched call (memoised by the runner)."""
+        seeds = {p.id: p.seeds(self.n_seeds) for p in self.pairs}
         out = {}
-        for pair in self.pairs:
-            res = self.ev.runner.run(pair, arm, self.protocol, pair.seeds(self.n_seeds))
+        for pair, res in zip(self.pairs, self.ev.runner.run_many(self.pairs, arm, self.protocol, seeds)):
             out[pair.id] = res
             self.used[f"{pair.id}\0{res.arm}"] = res
         return out
@@ -63,6 +64,7 @@ class _Cell:
     def metric_by_pair(self, arm: str | Intervention, metric: str) -> dict[str, float]:
         """The metric per pair: the mean over seeds, or the teacher-forced score."""
         if METRICS[metric].per_sample is None:
+            self.ev.runner.champion_continuations(self.pairs, self.protocol)  # one batched call
             return {p.id: self.ev.runner.score(p, arm, self.protocol) for p in self.pairs}
         by_id = {p.id: p for p in self.pairs}
         return {pid: mean(m.get(metric) for m in self.ev.metrics(res, by_id[pid].champion))

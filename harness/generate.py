@@ -1,9 +1,12 @@
-"""Run the arms of a pair: prefill, splice, persistent patches, seeded batched sampling.
+"""Run arms: prefill, splice, persistent patches, seeded sampling, many pairs per batch.
 
-Every arm of a pair is sampled with the same seed list, one batch row per seed,
-so arm differences are not sampling noise. Sampling is done by
-:class:`SeededSampler`, a logits processor with one random generator per row:
-row i of a batched run equals a run with seed i alone.
+Every arm of a pair is sampled with the pair's seeds, one batch row per seed, so
+arm differences are not sampling noise. :meth:`Runner.run_many` prefills each pair
+on its own (under the arm's prefill patches), then decodes every pair of the arm
+in one ``generate`` call: rows left-padded with the real attention mask, spliced
+caches stacked, each pair's patches acting on its own rows with its own sources
+and counts (:class:`harness.patches.RowGroup`). Sampling is seeded per row
+(:class:`harness.sampling.SeededSampler`): a pair's rows are the same in any batch.
 
 Two built-in protocols (see DESIGN.md):
 
@@ -29,7 +32,8 @@ Two built-in protocols (see DESIGN.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,41 +41,15 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessLookupError, HarnessValueError
-from harness.kv import cache_kwarg, check_fits_window, output_cache, prefill, splice
-from harness.patches import PatchSpec, install, norm_matched_random, record, source_site
+from harness.kv import cache_kwarg, check_fits_window, output_cache, prefill, splice, stack_left_padded
+from harness.patches import PatchCount, PatchSpec, RowGroup, install, norm_matched_random, record, source_site
 from harness.records import CORRECTED, ORIGINAL, PROTOCOLS, ArmResult, Intervention, Protocol, get_protocol
+from harness.sampling import SeededSampler, batch_rows
 from harness.sites import parse_site
 
 __all__ = ["SeededSampler", "Runner",
            # re-exported records, for code that imports them from here
            "Protocol", "ORIGINAL", "CORRECTED", "PROTOCOLS", "Intervention", "ArmResult", "get_protocol"]
-
-
-class SeededSampler:
-    """A logits processor that samples row i with its own generator seeded by ``seeds[i]``.
-
-    Returns scores that are 0 at the sampled token and -inf elsewhere, so the
-    library's greedy search picks exactly the sampled token.
-    """
-
-    def __init__(self, seeds: Sequence[int], temperature: float, top_k: int | None) -> None:
-        if temperature <= 0:
-            raise HarnessValueError(f"temperature {temperature}; expected > 0 (use greedy for 0)")
-        # CPU generators: the same seed draws the same numbers whatever device the model is on.
-        self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        self.temperature = temperature
-        self.top_k = top_k
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logits = scores.float() / self.temperature
-        if self.top_k is not None and self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1).cpu()
-        chosen = [int(torch.multinomial(probs[i], 1, generator=g)) for i, g in enumerate(self.generators)]
-        out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(len(chosen)), torch.tensor(chosen, device=scores.device)] = 0.0
-        return out
 
 
 def _encode(tokenizer: Any, text: str, device: Any) -> torch.Tensor:
@@ -81,24 +59,45 @@ def _encode(tokenizer: Any, text: str, device: Any) -> torch.Tensor:
     return ids.to(device)
 
 
-class Runner:
-    """Runs arms for one subject; caches per-prompt champion data (never mutated)."""
+@dataclass(frozen=True)
+class _Prepared:
+    """One pair of an arm, prefilled and spliced, ready to decode.
 
-    def __init__(self, subject: Any) -> None:
+    ``ids`` (1, L) continue from ``snapshot`` (covering all but the last id; None: start
+    from the bare prompt). ``groups`` holds, per patch, the pair's source and its prompt
+    length; ``prefill_counts`` what the prefill patches did.
+    """
+
+    pair: Any
+    seeds: tuple[int, ...]
+    ids: torch.Tensor
+    snapshot: Any
+    prompt_len: int
+    sources: dict[PatchSpec, tuple[torch.Tensor, int]]
+    prefill_counts: tuple[PatchCount, ...] = ()
+
+
+class Runner:
+    """Runs arms for one subject; caches per-prompt data (never mutated) and arm results."""
+
+    def __init__(self, subject: Any, max_batch: int | None = None) -> None:
         self.subject = subject
         self.model = subject.model
         self.layout = subject.layout
         self.tokenizer = subject.tokenizer
         self.device = next(self.model.parameters()).device
+        self.max_batch = max_batch
         self._ids: dict[str, torch.Tensor] = {}
         self._caches: dict[tuple[str, bool], Any] = {}
         self._acts: dict[tuple[str, Any], torch.Tensor] = {}
         self._greedy: dict[tuple[str, int], tuple[int, ...]] = {}
-        self._generations: dict[tuple[str, Protocol, tuple[int, ...]], torch.Tensor] = {}
         # The one memo of arm results and scores: keyed by what determines them (the pair's
         # prompts, the intervention itself, the protocol, the seeds), never by names.
         self._runs: dict[tuple, ArmResult] = {}
         self._scores: dict[tuple, float] = {}
+        #: generate calls made, and rows generated (for the bench and the report)
+        self.calls = 0
+        self.rows = 0
 
     # -- per-prompt data, computed once ---------------------------------------
     def ids(self, text: str) -> torch.Tensor:
@@ -111,8 +110,7 @@ class Runner:
         key = (text, without_last)
         if key not in self._caches:
             ids = self.ids(text)
-            with torch.no_grad():
-                self._caches[key] = prefill(self.model, ids[:, :-1] if without_last else ids)[1]
+            self._caches[key] = prefill(self.model, ids[:, :-1] if without_last else ids)[1]
         return self._caches[key]
 
     def activation(self, text: str, site: Any) -> torch.Tensor:
@@ -123,14 +121,58 @@ class Runner:
 
     # -- arms -----------------------------------------------------------------
     def run(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: Sequence[int]) -> ArmResult:
-        """Generate ``protocol.gen_tokens`` tokens for every seed in one batch (memoised)."""
-        seeds = tuple(int(s) for s in seeds)
-        if not seeds:
-            raise HarnessValueError("no seeds given; pass at least one seed")
-        key = (pair.baseline, pair.champion, pair.id, arm, protocol, seeds)
-        if key not in self._runs:
-            self._runs[key] = self._run(pair, arm, protocol, seeds)
-        return self._runs[key]
+        """Generate ``protocol.gen_tokens`` tokens for every seed of one pair (memoised)."""
+        return self.run_many([pair], arm, protocol, {pair.id: tuple(seeds)})[0]
+
+    def run_many(self, pairs: Sequence[Any], arm: str | Intervention, protocol: Protocol,
+                 seeds: Mapping[str, Sequence[int]]) -> list[ArmResult]:
+        """One arm on many pairs, batched: ``seeds[pair.id]`` are the pair's seeds (memoised).
+
+        Under the corrected protocol, ``no intervention`` (no splice, no patch) is the same
+        computation as the baseline arm: it is run once, and reported as the same rows.
+        """
+        if isinstance(arm, Intervention) and not arm.kv_layers and not arm.patches and not protocol.refeed_last:
+            base = self.run_many(pairs, "baseline", protocol, seeds)
+            return [dataclasses.replace(r, arm=arm.name, same_as="baseline") for r in base]
+        keys = {}
+        for pair in pairs:
+            chosen = tuple(int(s) for s in seeds[pair.id])
+            if not chosen:
+                raise HarnessValueError(f"no seeds given for pair {pair.id}; pass at least one seed")
+            keys[pair.id] = (pair.baseline, pair.champion, pair.id, arm, protocol, chosen)
+        todo = [p for p in dict.fromkeys(pairs) if keys[p.id] not in self._runs]
+        longest = max((self.ids(p.baseline).shape[1] + 1 for p in todo), default=1) + protocol.gen_tokens
+        limit = batch_rows(self.model, longest, self.max_batch)
+        chunk: list[Any] = []
+        for pair in todo:
+            if chunk and sum(len(seeds[p.id]) for p in chunk) + len(seeds[pair.id]) > limit:
+                self._run_chunk(chunk, arm, protocol, seeds, keys)
+                chunk = []
+            chunk.append(pair)
+        if chunk:
+            self._run_chunk(chunk, arm, protocol, seeds, keys)
+        return [self._runs[keys[p.id]] for p in pairs]
+
+    def _run_chunk(self, pairs: Sequence[Any], arm: str | Intervention, protocol: Protocol,
+                   seeds: Mapping[str, Sequence[int]], keys: Mapping[str, tuple]) -> None:
+        prepared = [self._prepare(p, arm, protocol, tuple(int(s) for s in seeds[p.id])) for p in pairs]
+        specs = self._specs(arm, protocol)
+        ids, mask, snap, pads = self._stack(prepared)
+        flat = tuple(s for p in prepared for s in p.seeds)
+        check_fits_window(self.model.config, ids.shape[1] + protocol.gen_tokens)
+        with self._installed(prepared, specs, pads) as handles:
+            raw = self._generate(ids, mask, snap, protocol, flat, self._top_k(arm, protocol))
+        name = arm if isinstance(arm, str) else arm.name
+        kv_layers = arm.mapped_kv_layers(self.layout.n_layers) if isinstance(arm, Intervention) else ()
+        offset = 0
+        for i, p in enumerate(prepared):
+            rows = self._until_eos(raw[offset : offset + len(p.seeds)], protocol)
+            offset += len(p.seeds)
+            counts = _summed(p.prefill_counts + tuple(c for h in handles for c in h.group_counts(i)))
+            texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
+            self._runs[keys[p.pair.id]] = ArmResult(
+                p.pair.id, name, protocol.name, p.seeds, tuple(tuple(r) for r in rows), texts,
+                patch_counts=counts, kv_layers=kv_layers, declared_phases=protocol.patch_phases if specs else ())
 
     def score(self, pair: Any, arm: str | Intervention, protocol: Protocol) -> float:
         """Mean log-probability under ``arm`` of the champion's greedy continuation (memoised)."""
@@ -140,44 +182,39 @@ class Runner:
                                                           self.champion_continuation(pair, protocol))
         return self._scores[key]
 
-    def _run(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...]) -> ArmResult:
-        with self._armed(pair, arm, protocol, seeds) as state:
-            raw = self._generate(state.input_ids, state.snapshot, protocol, seeds, state.top_k)
-        rows = self._until_eos(raw, protocol)
-        texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
-        counts = tuple(c for h in state.handles for c in h.counts)
-        return ArmResult(pair.id, state.name, protocol.name, seeds, tuple(tuple(r) for r in rows), texts,
-                         patch_counts=counts, kv_layers=state.kv_layers,
-                         declared_phases=protocol.patch_phases if state.handles else ())
-
     def continuation_logprob(self, pair: Any, arm: str | Intervention, protocol: Protocol,
                              continuation: Sequence[int]) -> float:
         """Mean log-probability, teacher-forced under ``arm``, of the tokens ``continuation``.
 
         The tokens go through the KV cache after the arm's prefill and splice, so
         decode-phase patches act on them as when sampling (an ``aligned`` decode
-        source is the champion's activations over this same continuation). Under
-        the corrected protocol they go in one forward pass (its patches treat every
-        slot alike however many arrive at once: tested against step-by-step decoding);
-        under the original one step at a time, since its hook fires only on calls of
-        at least ``window`` positions, which decoding never makes.
+        source is the champion's activations over this same continuation). They go in
+        one forward pass: the corrected patches treat every slot alike however many
+        arrive at once (tested against step-by-step decoding), and the original hook
+        never writes during one-token decoding steps; only an original hook with a
+        window of 1 is scored one step at a time.
         """
         if not continuation:
             raise HarnessValueError("empty continuation: nothing to score")
+        continuation = tuple(int(t) for t in continuation)
         kw = cache_kwarg(self.model)
-        total = 0.0
-        with self._armed(pair, arm, protocol, None, continuation=tuple(continuation)) as state, torch.no_grad():
-            snap = state.snapshot
-            if snap is None:
-                snap = prefill(self.model, state.input_ids[:, :-1])[1]
-            cache, step = snap.to_cache(), state.input_ids[:, snap.seq_len:]
-            if not protocol.refeed_last:
-                feed = torch.cat([step, torch.tensor([list(continuation[:-1])], device=self.device,
-                                                     dtype=step.dtype)], dim=1)
+        p = self._prepare(pair, arm, protocol, (0,), continuation=continuation)
+        snap = p.snapshot if p.snapshot is not None else prefill(self.model, p.ids[:, :-1])[1]
+        cache, step = snap.to_cache(), p.ids[:, snap.seq_len:]
+        specs = self._specs(arm, protocol)
+        # The original hook writes only into calls of at least `window` positions, which
+        # one-token decoding never makes: with a window above 1 its decoding steps are the
+        # model alone, so they can be scored in one pass without it.
+        original_idle = protocol.patch_mode == "original" and protocol.window > 1
+        one_pass = not protocol.refeed_last or original_idle
+        hooked = [] if protocol.refeed_last and original_idle else specs
+        with self._installed([p], hooked, [0]), torch.no_grad():
+            if one_pass:
+                feed = torch.cat([step, torch.tensor([continuation[:-1]], device=self.device, dtype=step.dtype)], 1)
                 logits = self.model(input_ids=feed, use_cache=True, **{kw: cache}).logits[0, -len(continuation):]
                 logp = torch.log_softmax(logits.float(), -1)
-                targets = torch.tensor(continuation, device=logp.device)
-                return float(logp.gather(1, targets[:, None]).mean())
+                return float(logp.gather(1, torch.tensor(continuation, device=logp.device)[:, None]).mean())
+            total = 0.0
             for token in continuation:
                 out = self.model(input_ids=step, use_cache=True, **{kw: cache})
                 total += float(torch.log_softmax(out.logits[0, -1].float(), -1)[token])
@@ -186,75 +223,101 @@ class Runner:
 
     def champion_continuation(self, pair: Any, protocol: Protocol) -> tuple[int, ...]:
         """The champion's own greedy continuation of ``protocol.gen_tokens`` tokens."""
-        key = (pair.champion, protocol.gen_tokens)
-        if key not in self._greedy:
+        return self.champion_continuations([pair], protocol)[0]
+
+    def champion_continuations(self, pairs: Sequence[Any], protocol: Protocol) -> list[tuple[int, ...]]:
+        """Greedy continuations of many champions, in one batched call (memoised)."""
+        todo = [p for p in pairs if (p.champion, protocol.gen_tokens) not in self._greedy]
+        if todo:
             greedy = protocol.with_(greedy=True, refeed_last=False)
-            self._greedy[key] = self.run(pair, "champion", greedy, (0,)).tokens[0]
-        return self._greedy[key]
+            for p, res in zip(todo, self.run_many(todo, "champion", greedy, {p.id: (0,) for p in todo})):
+                self._greedy[(p.champion, protocol.gen_tokens)] = res.tokens[0]
+        return [self._greedy[(p.champion, protocol.gen_tokens)] for p in pairs]
 
-    @contextmanager
-    def _armed(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...] | None,
-               continuation: tuple[int, ...] | None = None) -> Iterator[_ArmState]:
-        """Set an arm up: prefill, splice, patches installed; removed on exit.
+    # -- the steps ----------------------------------------------------------------
+    def _specs(self, arm: str | Intervention, protocol: Protocol) -> list[PatchSpec]:
+        if not isinstance(arm, Intervention):
+            return []
+        return [PatchSpec(parse_site(p), phases=protocol.patch_phases, window=protocol.window,
+                          decode_source=protocol.decode_source, mode=protocol.patch_mode) for p in arm.patches]
 
-        Yields the ids to continue from and the cache snapshot that covers all
-        but their uncached tail (None: start from the bare prompt). ``seeds`` (or,
-        for scoring, ``continuation``) select the champion generation an
-        ``aligned`` decode source is recorded from.
-        """
+    @staticmethod
+    def _top_k(arm: str | Intervention, protocol: Protocol) -> int | None:
+        return protocol.reference_top_k if arm in ("baseline", "champion") else protocol.top_k
+
+    def _prepare(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...],
+                 continuation: tuple[int, ...] | None = None) -> _Prepared:
+        """Prefill and splice one pair for ``arm``; the prefill runs under the arm's prefill patches."""
         if arm in ("baseline", "champion"):
             text = pair.baseline if arm == "baseline" else pair.champion
+            ids = self.ids(text)
             snap = None if protocol.refeed_last else self.cache(text, without_last=True)
-            yield _ArmState(str(arm), self.ids(text), snap, protocol.reference_top_k)
-            return
+            return _Prepared(pair, seeds, ids, snap, ids.shape[1], {})
         if not isinstance(arm, Intervention):
             raise HarnessLookupError(f"unknown arm {arm!r}; expected 'baseline', 'champion' or an Intervention")
-        specs = [
-            PatchSpec(parse_site(p), phases=protocol.patch_phases, window=protocol.window,
-                      decode_source=protocol.decode_source, mode=protocol.patch_mode)
-            for p in arm.patches
-        ]
-        sources, source_len = self._sources(pair, specs, arm, protocol, seeds, continuation)
+        specs = self._specs(arm, protocol)
+        sources = self._sources(pair, specs, arm, protocol, seeds, continuation)
         kv_layers = arm.mapped_kv_layers(self.layout.n_layers)
         ids_b = self.ids(pair.baseline)
-
-        # Clean passes, computed (and memoised) before any hook is installed: the
-        # champion's cache, and under the original protocol the baseline's full prefill.
-        # The corrected protocol splices like with like: both caches end before the last
-        # prompt token, which is then fed once at its own position.
-        champion_cache = (self.cache(pair.champion, without_last=not protocol.refeed_last)
-                          if kv_layers else None)
-        baseline_cache = self.cache(pair.baseline) if protocol.refeed_last else None
+        # Clean passes first (memoised, never under a hook). The corrected protocol splices
+        # like with like: both caches end before the last prompt token, fed once next.
+        champion = self.cache(pair.champion, without_last=not protocol.refeed_last) if kv_layers else None
         keep_first = 1 if self.tokenizer.bos_token_id is not None else 0
 
         def spliced(target: Any) -> Any:
             if not kv_layers:
                 return target
-            return splice(target, champion_cache, kv_layers, protocol.align,
-                          rotary_emb=self.layout.rotary_emb, keep_first=keep_first)
+            return splice(target, champion, kv_layers, protocol.align, rotary_emb=self.layout.rotary_emb,
+                          keep_first=keep_first)
 
-        with install(self.model, self.layout, specs, sources, prompt_len=ids_b.shape[1],
-                     source_prompt_len=source_len) as handles:
-            if protocol.refeed_last:
-                # The original: the full prefill ran before the hooks existed, then the
-                # splice, then the last prompt token is fed again.
-                snap = spliced(baseline_cache)
-                ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
-            else:
-                # Under the prefill patches: not memoised.
-                snap, ids = spliced(prefill(self.model, ids_b[:, :-1])[1]), ids_b
-            yield _ArmState(arm.name, ids, snap, protocol.top_k, tuple(handles), kv_layers)
+        if protocol.refeed_last:
+            # The original: the full prefill ran before the hooks existed, then the splice,
+            # then the last prompt token is fed again.
+            ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
+            return _Prepared(pair, seeds, ids, spliced(self.cache(pair.baseline)), ids_b.shape[1], sources)
+        groups = {s: [RowGroup(slice(None), 0, ids_b.shape[1], src, n)] for s, (src, n) in sources.items()}
+        with install(self.model, self.layout, specs, groups) as handles:
+            target = prefill(self.model, ids_b[:, :-1])[1]
+        counts = tuple(c for h in handles for c in h.counts if c.phase == "prefill")
+        return _Prepared(pair, seeds, ids_b, spliced(target), ids_b.shape[1], sources, counts)
 
-    def _generate(self, input_ids: torch.Tensor, cache: Any, protocol: Protocol, seeds: tuple[int, ...],
-                  top_k: int | None) -> torch.Tensor:
-        """The generated ids (len(seeds), gen_tokens), one row per seed, padded after EOS."""
-        n = len(seeds)
-        check_fits_window(self.model.config, int(input_ids.shape[1]) + protocol.gen_tokens)
-        batch = input_ids.expand(n, -1)
+    def _stack(self, prepared: Sequence[_Prepared]) -> tuple[torch.Tensor, torch.Tensor, Any, list[int]]:
+        """Left-padded ids and attention mask (rows, L), the stacked cache, each pair's padding."""
+        length = max(p.ids.shape[1] for p in prepared)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pads = [length - p.ids.shape[1] for p in prepared]
+        ids = torch.cat([torch.cat([p.ids.new_full((1, pad), pad_id), p.ids], 1).expand(len(p.seeds), -1)
+                         for p, pad in zip(prepared, pads)])
+        mask = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones(1, p.ids.shape[1],
+                          dtype=torch.long)], 1).expand(len(p.seeds), -1) for p, pad in zip(prepared, pads)])
+        snaps = [p.snapshot for p in prepared]
+        if any(s is None for s in snaps) and not all(s is None for s in snaps):
+            raise HarnessValueError("cannot batch pairs with and without a prefilled cache")
+        snap = None if snaps[0] is None else stack_left_padded(snaps, [len(p.seeds) for p in prepared], length - 1)
+        return ids, mask.to(self.device), snap, pads
+
+    @contextmanager
+    def _installed(self, prepared: Sequence[_Prepared], specs: Sequence[PatchSpec],
+                   pads: Sequence[int]) -> Iterator[list[Any]]:
+        """Each pair's patches on its own rows of the batch, for the decoding call."""
+        groups: dict[PatchSpec, list[RowGroup]] = {s: [] for s in specs}
+        offset = 0
+        for p, pad in zip(prepared, pads):
+            rows = slice(offset, offset + len(p.seeds))
+            offset += len(p.seeds)
+            for spec in specs:
+                source, n = p.sources[spec]
+                groups[spec].append(RowGroup(rows, pad, p.prompt_len, source, n))
+        with install(self.model, self.layout, specs, groups) as handles:
+            yield handles
+
+    def _generate(self, input_ids: torch.Tensor, mask: torch.Tensor, snap: Any, protocol: Protocol,
+                  seeds: tuple[int, ...], top_k: int | None) -> torch.Tensor:
+        """The generated ids (rows, gen_tokens), one row per seed, padded after EOS."""
         pad = self.tokenizer.pad_token_id
         kwargs: dict[str, Any] = {
-            "input_ids": batch,
-            "attention_mask": torch.ones_like(batch),
+            "input_ids": input_ids,
+            "attention_mask": mask,
             "max_new_tokens": protocol.gen_tokens,
             "min_new_tokens": 0 if protocol.stop_at_eos else protocol.gen_tokens,
             "do_sample": False,
@@ -262,10 +325,12 @@ class Runner:
             "pad_token_id": pad if pad is not None else self.tokenizer.eos_token_id,
             "eos_token_id": self.tokenizer.eos_token_id if protocol.stop_at_eos else None,
         }
-        if cache is not None:
-            kwargs[cache_kwarg(self.model)] = cache.to_cache(batch=n)
+        if snap is not None:
+            kwargs[cache_kwarg(self.model)] = snap.to_cache()
         if not protocol.greedy:
-            kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k)]
+            kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k, protocol.gen_tokens)]
+        self.calls += 1
+        self.rows += len(seeds)
         with torch.no_grad():
             out = self.model.generate(**kwargs)
         return out[:, input_ids.shape[1]:]
@@ -277,18 +342,9 @@ class Runner:
             rows = [r[: r.index(eos) + 1] if eos in r else r for r in rows]
         return rows
 
-    def _champion_generation(self, pair: Any, protocol: Protocol, seeds: tuple[int, ...]) -> torch.Tensor:
-        """The champion arm's raw generated ids for ``seeds`` (memoised; no hooks run)."""
-        key = (pair.champion, protocol, seeds)
-        if key not in self._generations:
-            with self._armed(pair, "champion", protocol, seeds) as state:
-                self._generations[key] = self._generate(state.input_ids, state.snapshot, protocol, seeds,
-                                                        state.top_k)
-        return self._generations[key]
-
     def _sources(self, pair: Any, specs: list[PatchSpec], intervention: Intervention, protocol: Protocol,
-                 seeds: tuple[int, ...] | None, continuation: tuple[int, ...] | None,
-                 ) -> tuple[dict[PatchSpec, torch.Tensor], dict[PatchSpec, int]]:
+                 seeds: tuple[int, ...], continuation: tuple[int, ...] | None,
+                 ) -> dict[PatchSpec, tuple[torch.Tensor, int]]:
         """Each patch's source activations, and how many of their positions are the champion's prompt.
 
         With an ``aligned`` decode source the champion's activations cover its own
@@ -301,23 +357,24 @@ class Runner:
             if continuation is not None:
                 tail = torch.tensor([continuation], device=self.device)
             else:
-                tail = self._champion_generation(pair, protocol, seeds or (0,))
+                champion = self.run(pair, "champion", protocol.with_(stop_at_eos=False), seeds)
+                tail = torch.tensor(champion.tokens, device=self.device)
             sequence = torch.cat([ids_c.expand(tail.shape[0], -1), tail], dim=1)
             acts = record(self.model, self.layout, sequence, [source_site(s) for s in specs])
-        sources, lengths = {}, {}
+        sources = {}
         for i, spec in enumerate(specs):
             act = acts[source_site(spec)] if aligned else self.activation(pair.champion, source_site(spec))
             if intervention.source == "random":
                 act = norm_matched_random(act, seed=1000 + i)
-            sources[spec], lengths[spec] = act, ids_c.shape[1]
-        return sources, lengths
+            sources[spec] = (act, ids_c.shape[1])
+        return sources
 
 
-@dataclass(frozen=True)
-class _ArmState:
-    name: str
-    input_ids: torch.Tensor
-    snapshot: Any
-    top_k: int | None
-    handles: tuple[Any, ...] = ()
-    kv_layers: tuple[int, ...] = ()
+def _summed(counts: Sequence[PatchCount]) -> tuple[PatchCount, ...]:
+    """Counts of one patch in one phase added up (prefill pass plus decoding call)."""
+    total: dict[tuple[str, int, str], list[int]] = {}
+    for c in counts:
+        slot = total.setdefault((c.site, c.layer, c.phase), [0, 0])
+        slot[0] += c.calls
+        slot[1] += c.changed
+    return tuple(PatchCount(site, layer, phase, calls, changed) for (site, layer, phase), (calls, changed) in total.items())

@@ -34,6 +34,7 @@ __all__ = [
     "resolve_layers",
     "splice",
     "rerotate_keys",
+    "stack_left_padded",
 ]
 
 ALIGNMENTS: tuple[str, ...] = ("right", "left", "right-rerotated")
@@ -301,3 +302,32 @@ def splice(
         values.append(v)
     return KVSnapshot(keys=tuple(keys), values=tuple(values))
 
+
+def stack_left_padded(snapshots: Sequence[KVSnapshot], repeats: Sequence[int], length: int) -> KVSnapshot:
+    """One snapshot of many: batch-1 snapshot i repeated ``repeats[i]`` times, each left-padded
+    with zeros to ``length`` slots (the padded slots are masked out by the attention mask).
+
+    Keys keep the rotation of their own positions, so with position ids counted from the
+    attention mask each row computes what it would alone.
+    """
+    if len(snapshots) != len(repeats) or not snapshots:
+        raise HarnessValueError("stack_left_padded: one repeat count per snapshot, at least one snapshot")
+    first = snapshots[0]
+    for snap in snapshots:
+        if snap.batch != 1 or (snap.n_layers, snap.n_kv_heads, snap.head_dim) != (
+                first.n_layers, first.n_kv_heads, first.head_dim):
+            raise HarnessValueError("stack_left_padded: batch-1 snapshots of one model are needed")
+        if snap.seq_len > length:
+            raise HarnessValueError(f"stack_left_padded: a snapshot of {snap.seq_len} slots exceeds {length}")
+
+    def stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        rows = []
+        for t, n in zip(tensors, repeats):
+            pad = t.new_zeros(1, t.shape[1], length - t.shape[2], t.shape[3])
+            rows.append(torch.cat([pad, t], dim=2).expand(n, -1, -1, -1))
+        return torch.cat(rows, dim=0)
+
+    return KVSnapshot(
+        keys=tuple(stacked([s.keys[i] for s in snapshots]) for i in range(first.n_layers)),
+        values=tuple(stacked([s.values[i] for s in snapshots]) for i in range(first.n_layers)),
+    )

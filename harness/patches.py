@@ -55,6 +55,7 @@ __all__ = [
     "PatchSpec",
     "PatchCount",
     "PatchHandle",
+    "RowGroup",
     "PositionTracker",
     "install",
     "record",
@@ -143,140 +144,154 @@ class PositionTracker:
             self._handle = None
 
 
+@dataclass(frozen=True)
+class RowGroup:
+    """The rows of a batch that share one source prompt: typically one pair's seeds.
+
+    ``rows`` selects them in the batch; they carry ``pad`` left-padding slots, then
+    ``prompt_len`` prompt positions (P), then generated ones. ``source`` is the
+    recorded activation at :func:`source_site` of the source prompt, (T, d), or
+    (n_rows, T, d) for one source per row; its first ``source_prompt_len`` positions
+    (S, default all) are the source's prompt, the rest its continuation (for
+    ``decode_source="aligned"``).
+    """
+
+    rows: slice
+    pad: int
+    prompt_len: int
+    source: torch.Tensor
+    source_prompt_len: int | None = None
+
+
+class _Group:
+    """A row group checked against its patch, with its own counts."""
+
+    def __init__(self, spec: PatchSpec, group: RowGroup) -> None:
+        source, window = group.source, spec.window
+        if source.dim() not in (2, 3):
+            raise HarnessValueError(
+                f"patch source must be (positions, d) or (batch, positions, d), got {tuple(source.shape)}")
+        S = source.shape[-2] if group.source_prompt_len is None else int(group.source_prompt_len)
+        if not 0 < S <= source.shape[-2]:
+            raise HarnessValueError(
+                f"source_prompt_len {group.source_prompt_len}; expected 1..{source.shape[-2]} (the source's positions)")
+        if spec.mode == "corrected" and "prefill" in spec.phases and group.prompt_len < window:
+            raise HarnessValueError(f"prompt of {group.prompt_len} tokens is shorter than the patch window "
+                                    f"{window}; use longer prompts or a smaller window")
+        if S < window:
+            raise HarnessValueError(f"source prompt of {S} tokens is shorter than the patch window {window}; "
+                                    "use a longer champion prompt or a smaller window")
+        if spec.decode_source == "aligned" and S == source.shape[-2] and "decode" in spec.phases:
+            raise HarnessValueError("decode_source 'aligned' needs a source that covers a continuation: pass "
+                                    "source_prompt_len shorter than the source")
+        prompt = source[..., :S, :]
+        if prompt.dim() == 3 and bool((prompt == prompt[:1]).all()):
+            # One prompt under every row (only the continuations differ): a prefill run
+            # once at batch 1, before the rows are expanded, takes it as it is.
+            prompt = prompt[0]
+        self.g, self.S, self.prompt = group, S, prompt
+        self.per_row = source.dim() == 3
+        full = source[..., :S, :]
+        self.decode_row = full[..., -1, :] if spec.decode_source == "last" else full[..., -window:, :].mean(-2)
+        self.calls = dict.fromkeys(PHASES, 0)
+        self.changed = dict.fromkeys(PHASES, 0)
+
+
 class PatchHandle:
     """One installed patch. Use as a context manager; counts live in :attr:`counts`.
 
-    ``source`` is the recorded activation at :func:`source_site` of the source
-    prompt, shape (len_src, d), or (batch, len_src, d) for one source per batch row.
-    Its first ``source_prompt_len`` positions are the source's prompt (default: all of
-    them); the rest, if any, its continuation (for ``decode_source="aligned"``).
-    ``prompt_len`` is the number of prompt slots P of the patched run.
+    ``groups`` are the :class:`RowGroup` s of the batch (rows not in a group are left
+    alone); positions are counted per group from its first prompt slot, so a batch of
+    left-padded pairs behaves row for row as each pair run alone. Counts are kept per
+    group (:meth:`group_counts`) and summed (:attr:`counts`).
     """
 
-    def __init__(
-        self,
-        model: Any,
-        layout: Any,
-        spec: PatchSpec,
-        source: torch.Tensor,
-        prompt_len: int,
-        tracker: PositionTracker,
-        source_prompt_len: int | None = None,
-    ) -> None:
+    def __init__(self, model: Any, layout: Any, spec: PatchSpec, groups: Sequence[RowGroup],
+                 tracker: PositionTracker) -> None:
         self.spec = spec
         self.resolved = layout.resolve(spec.site)
         if self.resolved.where not in ("output", "input"):
             raise HarnessValueError(f"site {spec.site} has no activation to patch")
-        if source.dim() not in (2, 3):
-            raise HarnessValueError(
-                f"patch source must be (positions, d) or (batch, positions, d), got {tuple(source.shape)}"
-            )
-        src_prompt = source.shape[-2] if source_prompt_len is None else int(source_prompt_len)
-        if not 0 < src_prompt <= source.shape[-2]:
-            raise HarnessValueError(
-                f"source_prompt_len {source_prompt_len}; expected 1..{source.shape[-2]} (the source's positions)"
-            )
-        window = spec.window
-        if spec.mode == "corrected" and "prefill" in spec.phases and prompt_len < window:
-            raise HarnessValueError(
-                f"prompt of {prompt_len} tokens is shorter than the patch window {window}; "
-                "use longer prompts or a smaller window"
-            )
-        if src_prompt < window:
-            raise HarnessValueError(
-                f"source prompt of {src_prompt} tokens is shorter than the patch window "
-                f"{window}; use a longer champion prompt or a smaller window"
-            )
-        if spec.decode_source == "aligned" and src_prompt == source.shape[-2] and "decode" in spec.phases:
-            raise HarnessValueError(
-                "decode_source 'aligned' needs a source that covers a continuation: pass "
-                "source_prompt_len shorter than the source"
-            )
-        prompt_part = source[..., :src_prompt, :]
-        if prompt_part.dim() == 3 and bool((prompt_part == prompt_part[:1]).all()):
-            # One prompt under every row (only the continuations differ): the prefill,
-            # run once at batch 1 before the rows are expanded, takes it as it is.
-            prompt_part = prompt_part[0]
-        self.source = source
-        self._prompt_source = prompt_part
-        self.source_prompt_len = src_prompt
-        self.prompt_len = prompt_len
+        if not groups:
+            raise HarnessValueError(f"patch at {spec.site}: no rows to patch")
+        self.groups = [_Group(spec, g) for g in groups]
         self.tracker = tracker
-        full_prompt = source[..., :src_prompt, :]
-        self._decode_row = (full_prompt[..., -1, :] if spec.decode_source == "last"
-                            else full_prompt[..., -window:, :].mean(-2))
-        self._calls = dict.fromkeys(PHASES, 0)
-        self._changed = dict.fromkeys(PHASES, 0)
         self._handle: Any = None
 
     # -- counting -------------------------------------------------------------
+    def group_counts(self, index: int) -> tuple[PatchCount, ...]:
+        g = self.groups[index]
+        return tuple(PatchCount(str(self.spec.site), self.resolved.layer, p, g.calls[p], g.changed[p])
+                     for p in PHASES)
+
     @property
     def counts(self) -> tuple[PatchCount, ...]:
         return tuple(
-            PatchCount(str(self.spec.site), self.resolved.layer, p, self._calls[p], self._changed[p])
+            PatchCount(str(self.spec.site), self.resolved.layer, p, sum(g.calls[p] for g in self.groups),
+                       sum(g.changed[p] for g in self.groups))
             for p in PHASES
         )
 
     def changed(self, phase: str) -> int:
-        return self._changed[phase]
-
-    def _count_call(self, start: int, length: int) -> None:
-        if start < self.prompt_len:
-            self._calls["prefill"] += 1
-        if start + length > self.prompt_len:
-            self._calls["decode"] += 1
+        return sum(g.changed[phase] for g in self.groups)
 
     # -- the edit -------------------------------------------------------------
     def _edit(self, x: torch.Tensor) -> torch.Tensor:
         """Return the patched copy of the hooked tensor x, shape (batch, T, d)."""
-        start, length = self.tracker.start, x.shape[1]
-        self._count_call(start, length)
         new = x.clone()
-        window, P, S = self.spec.window, self.prompt_len, self.source_prompt_len
-        prompt_src = self._rows(self._prompt_source, x, per_row=self._prompt_source.dim() == 3)
-        if self.spec.mode == "original":
-            if length >= window:
-                new[:, -window:] = prompt_src[..., S - window:S, :]
-            self._tally(x, new, start)
-            return new
-        slots = torch.arange(start, start + length)
-        if "prefill" in self.spec.phases:
-            sel = (slots >= P - window) & (slots < P)
-            if sel.any():
-                idx = (S - (P - slots[sel])).to(x.device)
-                new[:, sel.to(x.device)] = prompt_src[..., idx, :]
-        if "decode" in self.spec.phases:
-            sel = slots >= P
-            if sel.any():
-                if self.spec.decode_source == "aligned":
-                    idx = S + (slots[sel] - P)
-                    src = self._rows(self.source, x, per_row=self.source.dim() == 3)
-                    if int(idx.max()) >= src.shape[-2]:
-                        raise HarnessValueError(
-                            f"patch at {self.spec.site}: decoding slot {int(slots[sel].max())} has no "
-                            f"aligned source position (the source covers {src.shape[-2] - S} generated tokens)"
-                        )
-                    new[:, sel.to(x.device)] = src[..., idx.to(x.device), :]
-                else:
-                    per_row = self.source.dim() == 3
-                    row = self._rows(self._decode_row, x, per_row=per_row)  # (d,) or (batch, d)
-                    new[:, sel.to(x.device)] = row.unsqueeze(-2) if per_row else row
-        self._tally(x, new, start)
+        for g in self.groups:
+            rows = g.g.rows
+            new[rows] = self._edit_group(g, x[rows])
         return new
 
-    def _rows(self, source: torch.Tensor, x: torch.Tensor, *, per_row: bool) -> torch.Tensor:
-        """``source`` on x's device and dtype; a per-row source must match x's batch."""
+    def _edit_group(self, g: _Group, x: torch.Tensor) -> torch.Tensor:
+        window, P, S = self.spec.window, g.g.prompt_len, g.S
+        positions = torch.arange(self.tracker.start, self.tracker.start + x.shape[1]) - g.g.pad
+        real = positions >= 0
+        if bool((real & (positions < P)).any()):
+            g.calls["prefill"] += 1
+        if bool((positions >= P).any()):
+            g.calls["decode"] += 1
+        new = x.clone()
+        prompt_src = self._on(g.prompt, x, per_row=g.prompt.dim() == 3)
+        if self.spec.mode == "original":
+            if x.shape[1] >= window:
+                new[:, -window:] = prompt_src[..., S - window:S, :]
+        else:
+            if "prefill" in self.spec.phases:
+                sel = real & (positions >= P - window) & (positions < P)
+                if sel.any():
+                    idx = (S - (P - positions[sel])).to(x.device)
+                    new[:, sel.to(x.device)] = prompt_src[..., idx, :]
+            if "decode" in self.spec.phases:
+                sel = positions >= P
+                if sel.any():
+                    self._decode(g, x, new, sel, positions)
+        diff = _differs(x, new).sum(dim=(0, 2)).cpu()  # per position
+        g.changed["prefill"] += int(diff[positions < P].sum())
+        g.changed["decode"] += int(diff[positions >= P].sum())
+        return new
+
+    def _decode(self, g: _Group, x: torch.Tensor, new: torch.Tensor, sel: torch.Tensor,
+                positions: torch.Tensor) -> None:
+        if self.spec.decode_source == "aligned":
+            idx = g.S + (positions[sel] - g.g.prompt_len)
+            src = self._on(g.g.source, x, per_row=g.per_row)
+            if int(idx.max()) >= src.shape[-2]:
+                raise HarnessValueError(
+                    f"patch at {self.spec.site}: decoding position {int(positions[sel].max())} has no aligned "
+                    f"source position (the source covers {src.shape[-2] - g.S} generated tokens)")
+            new[:, sel.to(x.device)] = src[..., idx.to(x.device), :]
+        else:
+            row = self._on(g.decode_row, x, per_row=g.per_row)  # (d,) or (rows, d)
+            new[:, sel.to(x.device)] = row.unsqueeze(-2) if g.per_row else row
+
+    def _on(self, source: torch.Tensor, x: torch.Tensor, *, per_row: bool) -> torch.Tensor:
+        """``source`` on x's device and dtype; a per-row source must match the group's rows."""
         if per_row and source.shape[0] != x.shape[0]:
             raise HarnessValueError(
-                f"patch at {self.spec.site}: {source.shape[0]} per-row sources for a batch of {x.shape[0]}"
-            )
+                f"patch at {self.spec.site}: {source.shape[0]} per-row sources for {x.shape[0]} rows")
         return source.to(device=x.device, dtype=x.dtype)
-
-    def _tally(self, old: torch.Tensor, new: torch.Tensor, start: int) -> None:
-        diff = (old != new).sum(dim=(0, 2))  # per position
-        cut = max(0, min(old.shape[1], self.prompt_len - start))
-        self._changed["prefill"] += int(diff[:cut].sum())
-        self._changed["decode"] += int(diff[cut:].sum())
 
     def __enter__(self) -> PatchHandle:
         self._handle = _hook_activation(self.resolved, self._edit)
@@ -288,30 +303,43 @@ class PatchHandle:
             self._handle = None
 
 
+def _differs(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Elements the patch changed beyond rounding: a write of a value the model computes
+    anyway (e.g. the same token in the same context) counts as no change, whatever the
+    batch shape's rounding made of it."""
+    tol = 1e-4 if old.dtype == torch.float32 else 1e-2
+    return ~torch.isclose(new.float(), old.float(), rtol=tol, atol=tol)
+
+
 @contextmanager
 def install(
     model: Any,
     layout: Any,
     specs: Sequence[PatchSpec],
-    sources: Mapping[PatchSpec, torch.Tensor],
-    prompt_len: int,
+    sources: Mapping[PatchSpec, torch.Tensor | Sequence[RowGroup]],
+    prompt_len: int | None = None,
     source_prompt_len: Mapping[PatchSpec, int] | None = None,
 ) -> Iterator[list[PatchHandle]]:
     """Install every patch in ``specs`` (and one position tracker) for a ``with`` block.
 
-    ``source_prompt_len`` gives, per spec, how many of its source's positions are the
-    source's prompt (default: all). All hooks are removed when the block exits, also
-    on an exception.
+    ``sources[spec]`` is either a list of :class:`RowGroup` (a batch of pairs), or one
+    source tensor for every row, with ``prompt_len`` and, per spec, ``source_prompt_len``
+    (how many of the source's positions are its prompt; default all). All hooks are
+    removed when the block exits, also on an exception.
     """
     lengths = source_prompt_len or {}
+
+    def groups(spec: PatchSpec) -> Sequence[RowGroup]:
+        given = sources[spec]
+        if isinstance(given, torch.Tensor):
+            if prompt_len is None:
+                raise HarnessValueError("install: a single source tensor needs prompt_len")
+            return [RowGroup(slice(None), 0, prompt_len, given, lengths.get(spec))]
+        return given
+
     with ExitStack() as stack:
         tracker = stack.enter_context(PositionTracker(model))
-        handles = [
-            stack.enter_context(PatchHandle(model, layout, s, sources[s], prompt_len, tracker,
-                                            source_prompt_len=lengths.get(s)))
-            for s in specs
-        ]
-        yield handles
+        yield [stack.enter_context(PatchHandle(model, layout, s, groups(s), tracker)) for s in specs]
 
 
 def record(model: Any, layout: Any, input_ids: torch.Tensor, sites: Sequence[Site]) -> dict[Site, torch.Tensor]:

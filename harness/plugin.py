@@ -22,7 +22,7 @@ from harness.errors import HarnessError
 
 PROFILES = {
     # name: (pairs, seeds, gen_tokens)
-    "quick": (12, 6, 24),
+    "quick": (24, 6, 24),
     "full": (None, 16, 200),
 }
 
@@ -39,7 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="JSONL file of pairs, one {\"baseline\", \"champion\", \"id\"?} per line "
                          "(default: the bundled toy bank)")
     group.addoption("--profile", default="quick", choices=tuple(PROFILES),
-                    help="quick: 12 pairs, 6 seeds, 24 tokens; full: every pair, 16 seeds, the "
+                    help="quick: 24 pairs, 6 seeds, 24 tokens; full: every pair, 16 seeds, the "
                          "original's 200 tokens (default: quick)")
     group.addoption("--pairs", type=int, default=None, metavar="N",
                     help="use N pairs spread evenly over the bank (default: from --profile)")

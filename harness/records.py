@@ -125,3 +125,5 @@ class ArmResult:
     patch_counts: tuple[PatchCount, ...] = ()
     kv_layers: tuple[int, ...] = ()
     declared_phases: tuple[str, ...] = field(default=())
+    #: Another arm whose computation this is, run once for both (e.g. "baseline").
+    same_as: str = ""

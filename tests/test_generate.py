@@ -7,9 +7,9 @@ import torch
 
 from tiny import KV_ONLY, L27_V, NOTHING, RELAY
 from harness.errors import HarnessLookupError
-from harness.generate import CORRECTED, ORIGINAL, Runner, SeededSampler, get_protocol
+from harness.generate import CORRECTED, ORIGINAL, Runner, get_protocol
 from harness.model import load_subject
-from harness.prompts import Pair, default_pairs
+from harness.prompts import Pair, default_pairs, spread
 
 
 @pytest.fixture(scope="module")
@@ -79,23 +79,6 @@ def test_greedy_protocol_is_deterministic_across_seeds(runner, pair):
     assert len(set(result.tokens)) == 1
 
 
-def test_seeded_sampler_with_top_1_picks_the_argmax():
-    scores = torch.randn(4, 50)
-    out = SeededSampler([0, 1, 2, 3], temperature=0.8, top_k=1)(None, scores)
-    assert torch.equal(out.argmax(-1), scores.argmax(-1))
-    assert torch.isinf(out).sum() == 4 * 49
-
-
-def test_seeded_sampler_follows_the_softmax_at_its_temperature():
-    scores = torch.tensor([[0.0, 1.0, 2.0]])
-    temperature, n = 0.8, 6000
-    sampler = SeededSampler([7], temperature=temperature, top_k=None)
-    draws = torch.tensor([int(sampler(None, scores).argmax()) for _ in range(n)])
-    freq = torch.bincount(draws, minlength=3).float() / n
-    expected = torch.softmax(scores[0] / temperature, -1)
-    assert torch.allclose(freq, expected, atol=0.03)
-
-
 def test_unknown_protocol_suggests_the_closest():
     with pytest.raises(HarnessLookupError, match="Did you mean 'corrected'"):
         get_protocol("corected")
@@ -126,3 +109,61 @@ def test_intervention_with_a_layer_outside_the_finding_is_refused_at_once():
         Intervention("bad", kv_layers=(27, 32))
     with pytest.raises(HarnessLookupError, match="Did you mean 'v_proj'"):
         Intervention("bad", patches=("vproj@27",))
+
+
+@pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED], ids=lambda p: p.name)
+@pytest.mark.parametrize("arm", ["baseline", "champion", KV_ONLY, L27_V, RELAY], ids=str)
+def test_pairs_batched_give_the_same_rows_and_counts_as_one_pair_at_a_time(protocol, arm):
+    """Left padding, stacked caches and per-pair patch groups change nothing for any pair."""
+    pairs = spread(default_pairs(), 8)  # equal, longer and shorter champions: padding varies
+    seeds = {p.id: p.seeds(3) for p in pairs}
+    batched = Runner(load_subject()).run_many(pairs, arm, short(protocol), seeds)
+    alone = Runner(load_subject())
+    for pair, together in zip(pairs, batched):
+        single = alone.run(pair, arm, short(protocol), seeds[pair.id])
+        assert together.tokens == single.tokens, pair.id
+        assert together.patch_counts == single.patch_counts, pair.id
+
+
+def test_the_batch_size_does_not_change_the_results():
+    pairs = spread(default_pairs(), 6)
+    seeds = {p.id: p.seeds(4) for p in pairs}
+    big = Runner(load_subject()).run_many(pairs, L27_V, short(CORRECTED), seeds)
+    runner = Runner(load_subject(), max_batch=5)  # one pair (4 rows) per call
+    small = runner.run_many(pairs, L27_V, short(CORRECTED), seeds)
+    assert [r.tokens for r in big] == [r.tokens for r in small]
+    assert runner.calls == len(pairs)
+
+
+def test_corrected_no_intervention_is_the_baseline_run_once(runner, pair):
+    before = runner.calls
+    base = runner.run(pair, "baseline", short(CORRECTED), (9, 10))
+    nothing = runner.run(pair, NOTHING, short(CORRECTED), (9, 10))
+    assert nothing.tokens == base.tokens and nothing.same_as == "baseline" and nothing.arm == NOTHING.name
+    assert runner.calls - before <= 1
+    assert runner.run(pair, NOTHING, short(ORIGINAL), (9, 10)).same_as == ""  # the original's loop differs
+
+
+def test_original_scoring_in_one_pass_equals_step_by_step_decoding_under_its_hooks(runner, pair):
+    """The original hook never writes into one-token calls, so one teacher-forced pass
+    without it gives what decoding token by token under it gives."""
+    from harness.compat import cache_kwarg, output_cache
+    from harness.patches import PatchSpec, install, record
+
+    protocol = short(ORIGINAL, 8)
+    continuation = runner.champion_continuation(pair, protocol)
+    spec = PatchSpec("v_proj@27", phases=("decode",), mode="original")
+    source = record(runner.model, runner.layout, runner.ids(pair.champion), [spec.site])[spec.site]
+    ids_b = runner.ids(pair.baseline)
+    from harness.kv import prefill, splice
+
+    snap = splice(prefill(runner.model, ids_b)[1], prefill(runner.model, runner.ids(pair.champion))[1],
+                  "all", "right")
+    cache, step, total = snap.to_cache(), ids_b[:, -1:], 0.0
+    with install(runner.model, runner.layout, [spec], {spec: source}, prompt_len=ids_b.shape[1]), torch.no_grad():
+        for token in continuation:
+            out = runner.model(input_ids=step, use_cache=True, **{cache_kwarg(runner.model): cache})
+            total += float(torch.log_softmax(out.logits[0, -1].float(), -1)[token])
+            cache, step = output_cache(out), torch.tensor([[token]])
+    one_pass = runner.continuation_logprob(pair, L27_V, protocol, continuation)
+    assert abs(one_pass - total / len(continuation)) < 1e-4

@@ -56,7 +56,7 @@ def self_pair(pair: Pair) -> Pair:
 def recompute(r: Runner, ids: torch.Tensor, protocol, seeds=SEEDS) -> list[list[int]]:
     """Sample with full forward passes over the growing sequence: no cache, no generate."""
     seq = ids.expand(len(seeds), -1)
-    sampler = SeededSampler(seeds, protocol.temperature, protocol.top_k)
+    sampler = SeededSampler(seeds, protocol.temperature, protocol.top_k, protocol.gen_tokens)
     with torch.no_grad():
         for _ in range(protocol.gen_tokens):
             scores = sampler(seq, r.model(input_ids=seq, use_cache=False).logits[:, -1])
