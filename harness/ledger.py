@@ -137,7 +137,11 @@ def _report_path(report_dir: Path) -> str:
 
 
 def update(report_dir: Path, ledger_path: Path) -> tuple[int, int]:
-    """Record a run's verdicts; return (entries written, entries of other settings left alone)."""
+    """Record a run's verdicts; return (entries written, entries of other settings left alone).
+
+    Entries of other settings that point at this run's report are dropped: the folder
+    now holds another measurement, so they have no evidence left.
+    """
     from harness.report import load_run
 
     if not report_dir.is_dir():
@@ -157,6 +161,9 @@ def update(report_dir: Path, ledger_path: Path) -> tuple[int, int]:
     entries = [Entry(r.model, r.settings, r.claim, r.protocol, r.verdict, r.reason, report) for r in run.claims]
     ledger = Ledger.load(ledger_path)
     model, settings = entries[0].model, entries[0].settings
+    # An entry of other settings whose report this run has just replaced lost its evidence.
+    kept = [e for e in ledger.entries.values() if e.report != report or e.key[:2] == (model, settings)]
+    ledger = Ledger(kept, ledger.path)
     others = sum(1 for k in ledger.entries if k[:2] != (model, settings))
     tmp = ledger_path.with_name(ledger_path.name + ".tmp")
     tmp.write_text(ledger.merged(entries).dumps(), encoding="utf-8")

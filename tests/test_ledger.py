@@ -99,3 +99,13 @@ def test_malformed_ledger_is_refused(tmp_path):
 def test_missing_ledger_is_empty(tmp_path):
     assert Ledger.load(tmp_path / "none.toml").entries == {}
 
+
+
+def test_entries_whose_report_was_overwritten_by_another_measurement_are_dropped(tmp_path):
+    ledger_path = tmp_path / "ledger.toml"
+    main(["update", str(write_run(tmp_path / "ref", "pairs=12", ["refuted", "supported"])), "--ledger", str(ledger_path)])
+    import shutil
+
+    shutil.rmtree(tmp_path / "ref")
+    main(["update", str(write_run(tmp_path / "ref", "pairs=24", ["refuted", "supported"])), "--ledger", str(ledger_path)])
+    assert {k[1] for k in Ledger.load(ledger_path).entries} == {"pairs=24"}
