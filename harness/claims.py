@@ -8,7 +8,13 @@ class here:
 - :class:`Efficiency`: an arm's transfer efficiency, (arm - baseline) / (champion - baseline);
 - :class:`Contrast`: the difference of two arms' efficiencies, paired per pair;
 - :class:`RvDifference`: R_V(champion prompt) - R_V(baseline prompt) on the prompt
-  pass, which no protocol choice affects (it runs once, as protocol ``any``).
+  pass, which no protocol choice affects (it runs once, as protocol ``any``);
+- :class:`PrDifference`: PR(V at a layer) of the champion prompt minus the baseline's
+  (prompt pass, protocol-independent);
+- :class:`GeometryShift`: how far an arm's own generations move R_V from the
+  baseline's toward the champion's;
+- :class:`MinimalKvSet`: the smallest set of layers whose KV alone keeps a share of
+  the full-KV efficiency, searched on half of the pairs and confirmed on the other.
 
 Nothing here imports torch or pytest.
 """
@@ -24,8 +30,8 @@ from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
 from harness.metrics import METRICS
 from harness.records import Intervention
 
-__all__ = ["Source", "Claim", "Efficiency", "Contrast", "RvDifference", "DIRECTIONS", "RULE_VERSION",
-           "ANY_PROTOCOL"]
+__all__ = ["Source", "Claim", "Efficiency", "Contrast", "RvDifference", "PrDifference", "GeometryShift",
+           "MinimalKvSet", "DIRECTIONS", "RULE_VERSION", "ANY_PROTOCOL"]
 
 #: The verdict rule's version: recorded with every ledger entry, bumped whenever a change
 #: to metrics, intervals, guards or the decision could move a verdict.
@@ -49,6 +55,12 @@ class Context(TypingProtocol):
     def efficiencies(self, arm: Intervention, metric: str) -> dict[str, float]: ...
 
     def rv_difference(self, late: int, early: int) -> dict[str, float]: ...
+
+    def pr_difference(self, layer: int) -> dict[str, float]: ...
+
+    def geometry_shift(self, arm: Intervention, late: int, early: int) -> dict[str, float]: ...
+
+    def minimal_kv_set(self, share: float, block: int, metric: str) -> dict[str, float]: ...
 
 
 def _check_metric(metric: str | None) -> None:
@@ -130,7 +142,94 @@ class RvDifference:
         return ctx.rv_difference(self.late, self.early)
 
 
-Measure = Efficiency | Contrast | RvDifference
+@dataclass(frozen=True)
+class PrDifference:
+    """PR(V at ``layer``) of the champion prompt minus that of the baseline prompt, per pair
+    (last 16 prompt positions; layer as written for a 32-layer model)."""
+
+    layer: int
+
+    protocol_independent = True
+    metric = None
+
+    @property
+    def arms(self) -> tuple[Intervention, ...]:
+        return ()
+
+    def describe(self, metric: str) -> str:
+        return f"PR(V@{self.layer}) of the champion prompt minus the baseline's, prompt pass"
+
+    def per_pair(self, ctx: Context, metric: str) -> dict[str, float]:
+        return ctx.pr_difference(self.layer)
+
+
+@dataclass(frozen=True)
+class GeometryShift:
+    """Where the arm's generations put R_V, from the baseline's (0) to the champion's (1).
+
+    Per sample, R_V = PR(V@late) / PR(V@early) over the last 16 positions of the
+    sequence the arm produced (prompt + continuation), read by a *clean* teacher-forced
+    pass: no splice, no patch, so a patched V cannot move R_V by construction. Per pair:
+    (mean R_V of the arm - of the baseline arm) / (of the champion arm - of the baseline
+    arm), undefined when the champion and baseline differ by less than 0.05.
+    """
+
+    arm: Intervention
+    late: int = 27
+    early: int = 5
+
+    protocol_independent = False
+    metric = None
+
+    @property
+    def arms(self) -> tuple[Intervention, ...]:
+        return (self.arm,)
+
+    def describe(self, metric: str) -> str:
+        return (f"R_V shift of {self.arm.name}'s generations toward the champion's "
+                f"(R_V = PR(V@{self.late}) / PR(V@{self.early}), clean pass over prompt + continuation)")
+
+    def per_pair(self, ctx: Context, metric: str) -> dict[str, float]:
+        return ctx.geometry_shift(self.arm, self.late, self.early)
+
+
+@dataclass(frozen=True)
+class MinimalKvSet:
+    """KV of the smallest layer set that keeps ``share`` of the full-KV efficiency.
+
+    The search (greedy removal of blocks of ``block`` layers, as written for 32 layers,
+    while the remaining set keeps ``share`` of the full-KV efficiency) runs on the first
+    half of the pairs; the value per pair, on the other half only, is efficiency(set) -
+    ``share`` x efficiency(all layers): above 0 when the set found keeps the share on
+    pairs it was not chosen on.
+    """
+
+    share: float = 0.8
+    block: int = 4
+    metric: str | None = None
+
+    protocol_independent = False
+
+    def __post_init__(self) -> None:
+        _check_metric(self.metric)
+        if not 0 < self.share <= 1 or self.block < 1 or 32 % self.block:
+            raise HarnessValueError(f"MinimalKvSet(share={self.share}, block={self.block}): expected 0 < share "
+                                    "<= 1 and a block size that divides 32")
+
+    @property
+    def arms(self) -> tuple[Intervention, ...]:
+        return (Intervention("kv-only", kv_layers="all"),)
+
+    def describe(self, metric: str) -> str:
+        return (f"efficiency of the minimal KV layer set minus {self.share:g} x full-KV efficiency, on "
+                f"{metric}, on held-out pairs")
+
+    def per_pair(self, ctx: Context, metric: str) -> dict[str, float]:
+        return ctx.minimal_kv_set(self.share, self.block, metric)
+
+
+Measure = Efficiency | Contrast | RvDifference | PrDifference | GeometryShift | MinimalKvSet
+_MEASURES = (Efficiency, Contrast, RvDifference, PrDifference, GeometryShift, MinimalKvSet)
 
 
 @dataclass(frozen=True)
@@ -154,9 +253,9 @@ class Claim:
     must_differ_from: Intervention | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.measure, (Efficiency, Contrast, RvDifference)):
-            raise HarnessValueError(
-                f"claim {self.id}: measure {self.measure!r}; expected Efficiency, Contrast or RvDifference")
+        if not isinstance(self.measure, _MEASURES):
+            raise HarnessValueError(f"claim {self.id}: measure {self.measure!r}; expected one of "
+                                    + ", ".join(m.__name__ for m in _MEASURES))
         if self.direction not in DIRECTIONS:
             raise HarnessValueError(f"claim {self.id}: direction {self.direction!r}; expected one of "
                                     f"{', '.join(DIRECTIONS)}." + did_you_mean(str(self.direction), DIRECTIONS))

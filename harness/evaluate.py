@@ -17,12 +17,24 @@ The result is a :class:`~harness.report.ClaimRow` and the cell's
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.claims import ANY_PROTOCOL, Claim, metric_for
+from harness.claims import (
+    ANY_PROTOCOL,
+    Claim,
+    Contrast,
+    Efficiency,
+    GeometryShift,
+    MinimalKvSet,
+    PrDifference,
+    RvDifference,
+    metric_for,
+)
+from harness.geometry import Geometry
 from harness.errors import HarnessValueError
 from harness.guards import guard_degeneration, guard_echo, mean
 from harness.metrics import METRICS, efficiency, r_v, sample_metrics
@@ -36,6 +48,8 @@ __all__ = ["Evaluation", "Evaluator", "MODEL_METRIC"]
 
 #: The model-based metric every efficiency claim is also measured on, beside its text metric.
 MODEL_METRIC = "champion_logprob"
+#: Smallest |R_V(champion) - R_V(baseline)| for which a geometry shift is defined.
+GEOMETRY_FLOOR = 0.05
 REFERENCE_ARMS = ("baseline", "champion")
 
 
@@ -51,6 +65,10 @@ class _Cell:
     def __init__(self, evaluator: Evaluator, pairs: Sequence[Any], protocol: Protocol, n_seeds: int) -> None:
         self.ev, self.pairs, self.protocol, self.n_seeds = evaluator, list(pairs), protocol, n_seeds
         self.used: dict[str, ArmResult] = {}
+        #: What a measure found on its way (a search path, a layer set), for the report.
+        self.notes: list[str] = []
+        self.found_layers: tuple[int, ...] | None = None
+        self.rv_gaps: dict[str, float] = {}
 
     def results(self, arm: str | Intervention) -> dict[str, ArmResult]:
         """The arm on every pair, in one batched call (memoised by the runner)."""
@@ -89,6 +107,60 @@ class _Cell:
             out[pair.id] = rv[0] - rv[1]
         return out
 
+    def pr_difference(self, layer: int) -> dict[str, float]:
+        geo = self.ev.geometry
+        return {p.id: float(geo.pr_profile(p.champion)[layer] - geo.pr_profile(p.baseline)[layer])
+                for p in self.pairs}
+
+    def sequence_rv(self, arm: str | Intervention, late: int, early: int) -> dict[str, float]:
+        """Mean over seeds of R_V on each sample's own sequence (its prompt + continuation)."""
+        results = self.results(arm)
+        seqs, owners = [], []
+        for pair in self.pairs:
+            prompt = self.ev.runner.ids(pair.champion if arm == "champion" else pair.baseline)[0].tolist()
+            for tokens in results[pair.id].tokens:
+                seqs.append(prompt + list(tokens))
+                owners.append(pair.id)
+        values = self.ev.sequence_rv(seqs, late, early)
+        return {p.id: mean(v for o, v in zip(owners, values) if o == p.id) for p in self.pairs}
+
+    def geometry_shift(self, arm: Intervention, late: int, early: int) -> dict[str, float]:
+        base, champ, value = (self.sequence_rv(a, late, early) for a in ("baseline", "champion", arm))
+        self.rv_gaps = {pid: champ[pid] - base[pid] for pid in base}
+        return {pid: (value[pid] - base[pid]) / gap if abs(gap) >= GEOMETRY_FLOOR else math.nan
+                for pid, gap in self.rv_gaps.items()}
+
+    def minimal_kv_set(self, share: float, block: int, metric: str) -> dict[str, float]:
+        """Greedy removal of layer blocks on the even-indexed pairs; values on the odd ones."""
+        search = _Cell(self.ev, self.pairs[0::2], self.protocol, self.n_seeds)
+        confirm = _Cell(self.ev, self.pairs[1::2], self.protocol, self.n_seeds)
+        full = Intervention("kv-only", kv_layers="all")
+        target = share * mean(search.efficiencies(full, metric).values())
+        blocks = [tuple(range(b, b + block)) for b in range(0, 32, block)]
+        kept = list(blocks)
+        self.notes.append(f"search on {len(search.pairs)} pairs: full KV {target / share:.3g}, target "
+                          f"{share:g} x that = {target:.3g}")
+        while len(kept) > 1:
+            trials = []
+            for b in kept:
+                rest = [x for x in kept if x != b]
+                arm = _kv_arm(rest)
+                trials.append((mean(search.efficiencies(arm, metric).values()), b, rest))
+            best, removed, rest = max(trials, key=lambda t: (t[0], -t[1][0]))
+            if not best >= target:
+                self.notes.append(f"stop: removing any block leaves at most {best:.3g} < {target:.3g}")
+                break
+            self.notes.append(f"drop layers {removed[0]}..{removed[-1]}: {best:.3g}")
+            kept = rest
+        found = _kv_arm(kept)
+        self.found_layers = found.kv_layers
+        self.notes.append(f"set found: {found.name} ({len(found.kv_layers)} of 32 layers); confirmed on "
+                          f"{len(confirm.pairs)} other pairs")
+        eff_set, eff_full = confirm.efficiencies(found, metric), confirm.efficiencies(full, metric)
+        self.used.update(confirm.used)  # the search's candidates are in the notes, not the samples
+        return {pid: eff_set[pid] - share * eff_full[pid] for pid in eff_set
+                if not (math.isnan(eff_set[pid]) or math.isnan(eff_full[pid]))}
+
     def pooled(self, arm: str | Intervention, metric: str) -> float:
         by_id = {p.id: p for p in self.pairs}
         return mean(m.get(metric) for pid, res in self.results(arm).items()
@@ -101,7 +173,17 @@ class Evaluator:
     def __init__(self, runner: Any, alpha: float = 0.05) -> None:
         self.runner = runner
         self.alpha = alpha
+        self.geometry = Geometry(runner)
         self._metrics: dict[tuple, tuple[dict[str, float | None], ...]] = {}
+        self._rv: dict[tuple, float] = {}
+
+    def sequence_rv(self, sequences: Sequence[Sequence[int]], late: int, early: int) -> list[float]:
+        """R_V per token sequence, memoised (the reference arms' sequences recur across claims)."""
+        keys = [(tuple(s), late, early) for s in sequences]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._rv))
+        for k, v in zip(todo, self.geometry.sequence_rv([k[0] for k in todo], late, early)):
+            self._rv[k] = v
+        return [self._rv[k] for k in keys]
 
     def metrics(self, res: ArmResult, champion_prompt: str) -> tuple[dict[str, float | None], ...]:
         key = (res.pair_id, res.arm, res.protocol, res.seeds, res.tokens)
@@ -123,10 +205,13 @@ class Evaluator:
         guards = self._guards(claim, cell, metric)
         interval = mean_interval(values, level)
         decision = decide(interval, _threshold(claim), claim.direction, guards)
+        measure = claim.measure
+        text_metric = isinstance(measure, (Efficiency, Contrast, MinimalKvSet))
         row = dict(
             claim=claim.id, protocol=ANY_PROTOCOL if claim.protocol_independent else protocol.name,
-            verdict=str(decision.verdict), reason=decision.reason, measure=claim.measure.describe(metric),
-            metric=metric if claim.measure.arms else "r_v", estimate=interval.estimate,
+            verdict=str(decision.verdict), reason=decision.reason, measure=measure.describe(metric),
+            metric=metric if text_metric else "pr" if isinstance(measure, PrDifference) else "r_v",
+            estimate=interval.estimate,
             ci_low=interval.low, ci_high=interval.high, level=level, interval_method=interval.method,
             degenerate=interval.degenerate, n_pairs=interval.n_pairs,
             n_seeds=n_seeds if claim.measure.arms else 0, threshold=float(claim.threshold),
@@ -135,18 +220,28 @@ class Evaluator:
             mde=min_detectable_effect(values, level), flags=decision.flags, statement=claim.statement,
             source_file=claim.source.file, source_quote=claim.source.quote,
             guards=tuple(f"{'ok' if g.ok else 'FAILED'} {g.name}: {g.message}" for g in guards),
+            notes=tuple(cell.notes),
         )
-        if claim.measure.arms:
+        if isinstance(measure, (Efficiency, Contrast)):
             row.update(self._alt(claim, cell, level, guards))
-            row.update(self._patches(claim, cell))
             decisive = {"supported", "refuted"}
             row["metrics_agree"] = not (row["verdict"] in decisive and row["alt_verdict"] in decisive
                                         and row["verdict"] != row["alt_verdict"])
-        else:
+        if measure.arms:
+            row.update(self._patches(claim, cell))
+        if isinstance(measure, MinimalKvSet) and cell.found_layers is not None:
+            n_layers = self.runner.layout.n_layers
+            row["kv_layers"] = _layers_text(sorted({self.runner.layout.map(x) for x in cell.found_layers}), n_layers)
+        if isinstance(measure, RvDifference):
             row["sites"] = ";".join(f"v_proj@{layer}->L{self.runner.layout.map(layer)}"
-                                    for layer in (claim.measure.late, claim.measure.early))
+                                    for layer in (measure.late, measure.early))
+        if isinstance(measure, PrDifference):
+            row["sites"] = f"v_proj@{measure.layer}->L{self.runner.layout.map(measure.layer)}"
+            row["series"] = self._pr_profile(cell)
         samples = tuple(self._samples(cell))
         row["arms"] = tuple(dict.fromkeys(s.arm for s in samples))
+        row["shared"] = tuple(sorted({f"{r.arm} = {r.same_as} (the same computation, run once)"
+                                      for r in cell.used.values() if r.same_as}))
         return Evaluation(ClaimRow(**row), samples)
 
     # -- parts of a row ------------------------------------------------------------
@@ -154,7 +249,13 @@ class Evaluator:
     def _guards(self, claim: Claim, cell: _Cell, metric: str) -> list[GuardResult]:
         if not claim.measure.arms:
             return []
-        guards = [guard_gap_floor(cell.gaps(metric), METRICS[metric].floor)]
+        if isinstance(claim.measure, GeometryShift):
+            gaps = {pid: abs(g) for pid, g in cell.rv_gaps.items()}
+            guards = [guard_gap_floor(gaps, GEOMETRY_FLOOR)]
+        else:
+            guards = [guard_gap_floor(cell.gaps(metric), METRICS[metric].floor)]
+        if isinstance(claim.measure, MinimalKvSet):
+            return guards
         d2 = {a: cell.pooled(a, "distinct_2") for a in REFERENCE_ARMS}
         echo_champion = cell.pooled("champion", "echo_rate")
         for arm in claim.measure.arms:
@@ -169,6 +270,19 @@ class Evaluator:
                                             {k: r.tokens for k, r in other.items()},
                                             names=(claim.measure.arms[0].name, claim.must_differ_from.name)))
         return list(dict.fromkeys(guards))
+
+    def _pr_profile(self, cell: _Cell) -> str:
+        """PR of V per layer, mean and 95% interval over the pairs, for champion and baseline
+        prompts (JSON, for the report's profile plot; descriptive, not a verdict)."""
+        out: dict[str, Any] = {"layers": list(range(32)),
+                               "mapped": [self.runner.layout.map(x) for x in range(32)]}
+        for role in ("champion", "baseline"):
+            profiles = [self.geometry.pr_profile(getattr(p, role)) for p in cell.pairs]
+            cols = [mean_interval({str(i): float(v[layer]) for i, v in enumerate(profiles)}, 0.95)
+                    for layer in range(32)]
+            out[role] = {"mean": [c.estimate for c in cols], "low": [c.low for c in cols],
+                         "high": [c.high for c in cols]}
+        return json.dumps(out)
 
     def _alt(self, claim: Claim, cell: _Cell, level: float, guards: list[GuardResult]) -> dict[str, Any]:
         values = claim.measure.per_pair(cell, MODEL_METRIC)
@@ -201,6 +315,11 @@ class Evaluator:
                 rows.append(SampleRow(protocol=res.protocol, pair=res.pair_id, arm=res.arm, seed=seed,
                                       n_tokens=len(tokens), text=text, metrics=metrics))
         return rows
+
+
+def _kv_arm(blocks: Sequence[tuple[int, ...]]) -> Intervention:
+    layers = sorted(x for b in blocks for x in b)
+    return Intervention(f"kv@{_layers_text(layers, 32)}", kv_layers=tuple(layers))
 
 
 def _threshold(claim: Claim) -> Any:

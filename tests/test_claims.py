@@ -39,7 +39,7 @@ def test_an_upper_bound_belongs_to_within_claims_only():
 
 
 def test_a_measure_must_be_one_of_the_measure_types():
-    with pytest.raises(HarnessValueError, match="expected Efficiency, Contrast or RvDifference"):
+    with pytest.raises(HarnessValueError, match="expected one of Efficiency, Contrast, RvDifference"):
         Claim("x", "s", SOURCE, KV_ONLY, threshold=0.2, direction="below")
 
 

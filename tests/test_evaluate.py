@@ -92,3 +92,42 @@ def test_the_family_widens_the_interval(evaluator, pairs):
     one, many = run(evaluator, claim, pairs, CORRECTED).row, run(evaluator, claim, pairs, CORRECTED, family=30).row
     assert one.estimate == many.estimate
     assert many.level > one.level and many.ci_high - many.ci_low > one.ci_high - one.ci_low
+
+
+def test_geometry_shift_of_an_arm_that_is_the_baseline_is_exactly_zero(evaluator, pairs):
+    from tiny import NOTHING
+
+    from harness.claims import GeometryShift
+
+    claim = Claim("g", "s", SOURCE, GeometryShift(NOTHING), threshold=0.0, direction="above")
+    row = run(evaluator, claim, pairs, CORRECTED, tokens=16).row
+    assert row.estimate == 0.0 and row.degenerate and "no spread" in row.reason
+    assert row.shared == ("no intervention = baseline (the same computation, run once)",)
+
+
+def test_pr_difference_rows_carry_the_profile_for_the_plot(evaluator, pairs):
+    import json
+
+    from harness.claims import PrDifference
+
+    row = run(evaluator, Claim("p", "s", SOURCE, PrDifference(18), threshold=0.0, direction="above"),
+              pairs, CORRECTED).row
+    profile = json.loads(row.series)
+    assert row.protocol == "any" and row.metric == "pr" and len(profile["layers"]) == 32
+    diff = profile["champion"]["mean"][18] - profile["baseline"]["mean"][18]
+    assert math.isclose(diff, row.estimate, rel_tol=1e-9)
+
+
+def test_minimal_kv_set_searches_on_half_and_confirms_on_the_other(evaluator):
+    from harness.claims import MinimalKvSet
+
+    pairs = spread(default_pairs(), 6)
+    claim = Claim("m", "s", SOURCE, MinimalKvSet(share=0.5, block=16), threshold=0.0, direction="above")
+    evaluation = run(evaluator, claim, pairs, CORRECTED, tokens=8)
+    row = evaluation.row
+    assert row.n_pairs <= 3  # the held-out half only
+    assert row.notes[0].startswith("search on 3 pairs") and "set found" in row.notes[-1]
+    assert row.kv_layers in ("0..15", "16..31", "all(32)")
+    held_out = {p.id for p in pairs[1::2]}
+    found = [s for s in evaluation.samples if s.arm.startswith("kv@") and s.arm != "kv-only"]
+    assert {s.pair for s in found} <= held_out

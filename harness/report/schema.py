@@ -74,7 +74,10 @@ class ClaimRow:
     arms: tuple[str, ...] = ()
     guards: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
     shared: tuple[str, ...] = ()
+    #: Data behind a plot, as JSON (e.g. the PR-per-layer profile of a relay claim).
+    series: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
