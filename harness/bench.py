@@ -1,53 +1,132 @@
-"""Throughput of batched seeded sampling against sequential batch-1 runs.
+"""Throughput of the runner: pairs one at a time vs batched, and the harness vs bare generate.
 
-``python -m harness.bench`` runs, on the toy model, 16 seeds x 64 tokens as one
-batch and as 16 runs of one seed each (as the original scripts did), for the
-KV-only arm under the original protocol, and prints tokens per second and the
-ratio. It is a measurement, not a test.
+``python -m harness.bench`` runs one arm (default: full KV plus the layer-27 V patch,
+corrected protocol) on N pairs x S seeds x T tokens three ways and prints the times
+and their ratios:
+
+- one pair at a time (one ``generate`` call per pair, as before batching);
+- all pairs batched (the harness's path: one call, left-padded, stacked caches);
+- the library's bare ``generate(do_sample=True)`` for the same number of rows and tokens
+  (no splice, no patch, no seeded sampler): the floor the harness is measured against.
+
+It also checks that the batched rows equal the one-at-a-time rows token for token.
+``--random-config mistral-7b`` builds a random-weight Mistral-7B-shaped model on the
+device (no download) to time the real size on a GPU. It is a measurement, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 import time
+from typing import Any
 
 import torch
 
-from harness.generate import ORIGINAL, Runner
+from harness.errors import HarnessError
+from harness.generate import CORRECTED, Runner
+from harness.prompts import default_pairs, spread
 from harness.records import Intervention
-from harness.model import load_subject
-from harness.prompts import default_pairs
 
-KV_ONLY = Intervention("kv-only", kv_layers="all")
+ARM = Intervention("kv+v_proj@27", kv_layers="all", patches=("v_proj@27",))
+#: Mistral-7B-Instruct-v0.2's shape (random weights: for timing only).
+MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+                  rope_theta=1e6, sliding_window=None, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+
+
+def _random_subject(device: str, dtype: str) -> Any:
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    from harness.model import Subject
+    from harness.sites import layout_for
+    from harness.toy import TOY_MODEL_DIR
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = MistralForCausalLM(MistralConfig(**MISTRAL_7B)).to(getattr(torch, dtype)).eval()
+    return Subject("random-mistral-7b", model, AutoTokenizer.from_pretrained(TOY_MODEL_DIR), layout_for(model),
+                   "0" * 64, "0" * 64, device, dtype)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Any) -> tuple[float, Any]:
+    _sync()
+    start = time.perf_counter()
+    out = fn()
+    _sync()
+    return time.perf_counter() - start, out
+
+
+def _bare(runner: Runner, pairs: list, seeds: int, tokens: int) -> None:
+    """The library alone: left-padded prompts, do_sample, the same rows and tokens."""
+    tok = runner.tokenizer
+    ids = [runner.ids(p.baseline)[0] for p in pairs for _ in range(seeds)]
+    length = max(len(i) for i in ids)
+    batch = torch.stack([torch.cat([i.new_full((length - len(i),), tok.pad_token_id), i]) for i in ids])
+    mask = (torch.arange(length, device=batch.device)[None] >= (length - torch.tensor([len(i) for i in ids],
+            device=batch.device))[:, None]).long()
+    with torch.no_grad():
+        runner.model.generate(input_ids=batch, attention_mask=mask, do_sample=True, temperature=0.8, top_k=0,
+                              max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=tok.pad_token_id)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.bench",
+                                     description="Time the runner: pairs one at a time vs batched, and the "
+                                                 "harness vs the library's bare generate.")
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the toy)")
-    parser.add_argument("--seeds", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--random-config", choices=("mistral-7b",), default=None,
+                        help="a random-weight model of this shape, built on the device (timing only)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--pairs", type=int, default=12)
+    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
+    parser.add_argument("--skip-single", action="store_true",
+                        help="skip the one-pair-at-a-time run (long at the full profile's size)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    runner = Runner(load_subject(args.model))
-    pair = default_pairs()[0]
-    protocol = ORIGINAL.with_(gen_tokens=args.tokens, stop_at_eos=False)
-    seeds = tuple(range(args.seeds))
-    runner.run(pair, KV_ONLY, protocol.with_(gen_tokens=2), (0,))  # warm-up: caches, allocator
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        if args.random_config:
+            subject = _random_subject(args.device, args.dtype)
+        else:
+            from harness.model import load_subject
 
-    start = time.perf_counter()
-    batched = runner.run(pair, KV_ONLY, protocol, seeds)
-    t_batched = time.perf_counter() - start
-    start = time.perf_counter()
-    single = [runner.run(pair, KV_ONLY, protocol, (s,)) for s in seeds]
-    t_single = time.perf_counter() - start
+            subject = load_subject(args.model, device=args.device, dtype=args.dtype)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pairs = spread(default_pairs(), args.pairs)
+    seeds = {p.id: p.seeds(args.seeds) for p in pairs}
+    protocol = CORRECTED.with_(gen_tokens=args.tokens, stop_at_eos=False)
+    Runner(subject).run_many(pairs[:2], ARM, protocol.with_(gen_tokens=2), seeds)  # warm-up
 
-    n_tokens = sum(len(t) for t in batched.tokens)
-    same = all(b == s.tokens[0] for b, s in zip(batched.tokens, single))
-    print(f"batched:    {n_tokens} tokens in {t_batched:.2f} s = {n_tokens / t_batched:.0f} tokens/s")
-    print(f"sequential: {n_tokens} tokens in {t_single:.2f} s = {n_tokens / t_single:.0f} tokens/s")
-    print(f"speed-up:   {t_single / t_batched:.1f}x; rows equal to single-seed runs: {same}")
-    return 0
+    single = Runner(subject)
+    t_single, one = (math.nan, None) if args.skip_single else _timed(
+        lambda: [single.run(p, ARM, protocol, seeds[p.id]) for p in pairs])
+    batched = Runner(subject)
+    t_batched, many = _timed(lambda: batched.run_many(pairs, ARM, protocol, seeds))
+    t_bare, _ = _timed(lambda: _bare(batched, pairs, args.seeds, args.tokens))
+    rows = len(pairs) * args.seeds
+    same = one is None or [a.tokens for a in one] == [b.tokens for b in many]
+    print(f"model {subject.name} on {args.device} ({args.dtype}); arm {ARM.name}, corrected; "
+          f"{len(pairs)} pairs x {args.seeds} seeds x {args.tokens} tokens = {rows * args.tokens} tokens")
+    print(f"one pair at a time: {t_single:8.2f} s  ({single.calls} generate calls)")
+    print(f"pairs batched:      {t_batched:8.2f} s  ({batched.calls} generate call(s))")
+    print(f"bare generate:      {t_bare:8.2f} s  (same rows and tokens; no splice, patch or seeded sampler)")
+    print(f"batched speed-up:   {t_single / t_batched:.2f}x; harness / bare generate: {t_batched / t_bare:.2f}x")
+    print(f"batched rows equal one-at-a-time rows: {'not compared' if one is None else same}")
+    if torch.cuda.is_available():
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
