@@ -217,15 +217,25 @@ class PatchHandle:
         self.groups = [_Group(spec, g) for g in groups]
         self.tracker = tracker
         self._handle: Any = None
+        # One source prompt per group and a fixed decode row: the whole batch is patched
+        # in a few tensor operations, with no host round trip (what a GPU needs).
+        self._packable = spec.decode_source != "aligned" and all(not g.per_row for g in self.groups)
+        self._packed: _Packed | None = None
 
     # -- counting -------------------------------------------------------------
+    def _flush(self) -> None:
+        if self._packed is not None:
+            self._packed.flush_into(self.groups)
+
     def group_counts(self, index: int) -> tuple[PatchCount, ...]:
+        self._flush()
         g = self.groups[index]
         return tuple(PatchCount(str(self.spec.site), self.resolved.layer, p, g.calls[p], g.changed[p])
                      for p in PHASES)
 
     @property
     def counts(self) -> tuple[PatchCount, ...]:
+        self._flush()
         return tuple(
             PatchCount(str(self.spec.site), self.resolved.layer, p, sum(g.calls[p] for g in self.groups),
                        sum(g.changed[p] for g in self.groups))
@@ -233,11 +243,22 @@ class PatchHandle:
         )
 
     def changed(self, phase: str) -> int:
+        self._flush()
         return sum(g.changed[phase] for g in self.groups)
 
     # -- the edit -------------------------------------------------------------
     def _edit(self, x: torch.Tensor) -> torch.Tensor:
         """Return the patched copy of the hooked tensor x, shape (batch, T, d)."""
+        start, length = self.tracker.start, x.shape[1]
+        if self._packable:
+            if self._packed is None or not self._packed.fits(x):
+                self._flush()
+                self._packed = _Packed(self.spec, self.groups, x)
+            for g in self.groups:  # calls per phase follow from host integers: no sync
+                first, last = start - g.g.pad, start + length - 1 - g.g.pad
+                g.calls["prefill"] += int(last >= 0 and first < g.g.prompt_len)
+                g.calls["decode"] += int(last >= g.g.prompt_len)
+            return self._packed.edit(x, start)
         new = x.clone()
         for g in self.groups:
             rows = g.g.rows
@@ -245,6 +266,7 @@ class PatchHandle:
         return new
 
     def _edit_group(self, g: _Group, x: torch.Tensor) -> torch.Tensor:
+        """One group at a time: for per-row and step-aligned sources (tests, small runs)."""
         window, P, S = self.spec.window, g.g.prompt_len, g.S
         positions = torch.arange(self.tracker.start, self.tracker.start + x.shape[1]) - g.g.pad
         real = positions >= 0
@@ -301,6 +323,64 @@ class PatchHandle:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+class _Packed:
+    """Every group of a patch as batch tensors on the activation's device.
+
+    ``window`` holds each group's last W source prompt positions (W = the patch window),
+    ``decode`` its decoding row; ``group`` maps each batch row to its group (-1: none).
+    Values changed are counted on the device per group and phase, read out on demand.
+    """
+
+    def __init__(self, spec: PatchSpec, groups: Sequence[_Group], x: torch.Tensor) -> None:
+        batch, device, W = x.shape[0], x.device, spec.window
+        self.spec, self.batch, self.device, self.dtype = spec, batch, device, x.dtype
+        group = torch.full((batch,), -1, dtype=torch.long)
+        pad, prompt = torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
+        for i, g in enumerate(groups):
+            rows = range(batch)[g.g.rows]
+            if len(rows) == 0 or bool((group[list(rows)] >= 0).any()):
+                raise HarnessValueError(f"patch at {spec.site}: row groups must be disjoint and non-empty")
+            group[list(rows)], pad[list(rows)], prompt[list(rows)] = i, g.g.pad, g.g.prompt_len
+        self.group, self.pad, self.prompt = group.to(device), pad.to(device), prompt.to(device)
+        self.window = torch.stack([g.prompt[g.S - W:g.S] for g in groups]).to(device, x.dtype)  # (G, W, d)
+        self.decode = torch.stack([g.decode_row for g in groups]).to(device, x.dtype)  # (G, d)
+        self.changed = torch.zeros(len(groups), 2, dtype=torch.long, device=device)  # prefill, decode
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return (x.shape[0], x.device, x.dtype) == (self.batch, self.device, self.dtype)
+
+    def edit(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        W, T = self.spec.window, x.shape[1]
+        ingroup = self.group >= 0
+        g = self.group.clamp(min=0)
+        pos = start + torch.arange(T, device=x.device)[None, :] - self.pad[:, None]  # (B, T) row positions
+        P = self.prompt[:, None]
+        new = x
+        if self.spec.mode == "original":
+            if T >= W:
+                tail = torch.where(ingroup[:, None, None], self.window[g], x[:, -W:])
+                new = torch.cat([x[:, : T - W], tail], dim=1)
+        else:
+            if "prefill" in self.spec.phases:
+                sel = ingroup[:, None] & (pos >= P - W) & (pos < P)
+                idx = (W - (P - pos)).clamp(0, W - 1)
+                new = torch.where(sel[..., None], self.window[g[:, None], idx], new)
+            if "decode" in self.spec.phases:
+                sel = ingroup[:, None] & (pos >= P)
+                new = torch.where(sel[..., None], self.decode[g][:, None, :], new)
+        diff = _differs(x, new).sum(-1)  # (B, T) values changed per row and position
+        by_phase = torch.stack([(diff * (pos < P)).sum(1), (diff * (pos >= P)).sum(1)], dim=1)  # (B, 2)
+        self.changed.index_add_(0, g, by_phase * ingroup[:, None])
+        return new
+
+    def flush_into(self, groups: Sequence[_Group]) -> None:
+        counts = self.changed.tolist()
+        self.changed.zero_()
+        for g, (pre, dec) in zip(groups, counts):
+            g.changed["prefill"] += pre
+            g.changed["decode"] += dec
 
 
 def _differs(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
