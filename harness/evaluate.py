@@ -82,8 +82,7 @@ class _Cell:
     def metric_by_pair(self, arm: str | Intervention, metric: str) -> dict[str, float]:
         """The metric per pair: the mean over seeds, or the teacher-forced score."""
         if METRICS[metric].per_sample is None:
-            self.ev.runner.champion_continuations(self.pairs, self.protocol)  # one batched call
-            return {p.id: self.ev.runner.score(p, arm, self.protocol) for p in self.pairs}
+            return dict(zip((p.id for p in self.pairs), self.ev.runner.scores(self.pairs, arm, self.protocol)))
         by_id = {p.id: p for p in self.pairs}
         return {pid: mean(m.get(metric) for m in self.ev.metrics(res, by_id[pid].champion))
                 for pid, res in self.results(arm).items()}

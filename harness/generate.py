@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessLookupError, HarnessValueError
-from harness.kv import cache_kwarg, check_fits_window, output_cache, prefill, splice, stack_left_padded
+from harness.kv import cache_kwarg, check_fits_window, output_cache, prefill, splice, stack_left_padded, unpad
 from harness.patches import PatchCount, PatchSpec, RowGroup, install, norm_matched_random, record, source_site
 from harness.records import CORRECTED, ORIGINAL, PROTOCOLS, ArmResult, Intervention, Protocol, get_protocol
 from harness.sampling import SeededSampler, batch_rows
@@ -107,17 +107,42 @@ class Runner:
 
     def cache(self, text: str, *, without_last: bool = False) -> Any:
         """The clean (unpatched) cache of a prompt, or of the prompt without its last token."""
-        key = (text, without_last)
-        if key not in self._caches:
-            ids = self.ids(text)
-            self._caches[key] = prefill(self.model, ids[:, :-1] if without_last else ids)[1]
-        return self._caches[key]
+        return self.caches([text], without_last=without_last)[0]
+
+    def caches(self, texts: Sequence[str], *, without_last: bool = False) -> list[Any]:
+        """Clean caches of many prompts, the missing ones in one right-padded pass (memoised).
+
+        Under causal attention a row's padding after its last token cannot reach its own
+        positions, which are kept; the padded slots are cut away.
+        """
+        todo = [t for t in dict.fromkeys(texts) if (t, without_last) not in self._caches]
+        if todo:
+            rows = [self.ids(t)[:, :-1] if without_last else self.ids(t) for t in todo]
+            batch, lengths = self._right_padded(rows)
+            snap = prefill(self.model, batch)[1]
+            for i, (text, n) in enumerate(zip(todo, lengths)):
+                self._caches[(text, without_last)] = unpad(snap, i, 0, n)
+        return [self._caches[(t, without_last)] for t in texts]
 
     def activation(self, text: str, site: Any) -> torch.Tensor:
-        key = (text, site)
-        if key not in self._acts:
-            self._acts.update({(text, s): a for s, a in record(self.model, self.layout, self.ids(text), [site]).items()})
-        return self._acts[key]
+        return self.activations([text], site)[0]
+
+    def activations(self, texts: Sequence[str], site: Any) -> list[torch.Tensor]:
+        """Each prompt's activation (T, d) at ``site``, the missing ones in one pass (memoised)."""
+        todo = [t for t in dict.fromkeys(texts) if (t, site) not in self._acts]
+        if todo:
+            batch, lengths = self._right_padded([self.ids(t) for t in todo])
+            found = record(self.model, self.layout, batch, [site])[site]
+            found = found if found.dim() == 3 else found[None]
+            for i, (text, n) in enumerate(zip(todo, lengths)):
+                self._acts[(text, site)] = found[i, :n].clone()
+        return [self._acts[(t, site)] for t in texts]
+
+    def _right_padded(self, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        length = max(r.shape[1] for r in rows)
+        return torch.cat([torch.cat([r, r.new_full((1, length - r.shape[1]), pad_id)], 1) for r in rows]), \
+            [r.shape[1] for r in rows]
 
     # -- arms -----------------------------------------------------------------
     def run(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: Sequence[int]) -> ArmResult:
@@ -155,7 +180,8 @@ class Runner:
 
     def _run_chunk(self, pairs: Sequence[Any], arm: str | Intervention, protocol: Protocol,
                    seeds: Mapping[str, Sequence[int]], keys: Mapping[str, tuple]) -> None:
-        prepared = [self._prepare(p, arm, protocol, tuple(int(s) for s in seeds[p.id])) for p in pairs]
+        prepared = self._prepare_many(pairs, arm, protocol, {p.id: tuple(int(s) for s in seeds[p.id])
+                                                             for p in pairs})
         specs = self._specs(arm, protocol)
         ids, mask, snap, pads = self._stack(prepared)
         flat = tuple(s for p in prepared for s in p.seeds)
@@ -176,11 +202,48 @@ class Runner:
 
     def score(self, pair: Any, arm: str | Intervention, protocol: Protocol) -> float:
         """Mean log-probability under ``arm`` of the champion's greedy continuation (memoised)."""
-        key = (pair.baseline, pair.champion, arm, protocol)
-        if key not in self._scores:
-            self._scores[key] = self.continuation_logprob(pair, arm, protocol,
-                                                          self.champion_continuation(pair, protocol))
-        return self._scores[key]
+        return self.scores([pair], arm, protocol)[0]
+
+    def scores(self, pairs: Sequence[Any], arm: str | Intervention, protocol: Protocol) -> list[float]:
+        """:meth:`score` for many pairs: the missing ones teacher-forced in one batched pass,
+        caches stacked left-padded, continuations right-padded (memoised)."""
+        keys = {p.id: (p.baseline, p.champion, arm, protocol) for p in pairs}
+        todo = [p for p in dict.fromkeys(pairs) if keys[p.id] not in self._scores]
+        stepwise = protocol.refeed_last and not (protocol.patch_mode == "original" and protocol.window > 1)
+        if todo and (stepwise or protocol.decode_source == "aligned"):
+            for p in todo:  # per pair: their sources or hooks follow each pair's own steps
+                self._scores[keys[p.id]] = self.continuation_logprob(
+                    p, arm, protocol, self.champion_continuation(p, protocol))
+        elif todo:
+            conts = self.champion_continuations(todo, protocol)
+            prepared = self._prepare_many(todo, arm, protocol, {p.id: (0,) for p in todo})
+            if arm in ("baseline", "champion") and protocol.refeed_last:  # from the bare prompt: its prefix
+                texts = [p.baseline if arm == "baseline" else p.champion for p in todo]
+                prepared = [dataclasses.replace(p, snapshot=c)
+                            for p, c in zip(prepared, self.caches(texts, without_last=True))]
+            for p, value in zip(todo, self._score_batch(prepared, conts, protocol, arm)):
+                self._scores[keys[p.id]] = value
+        return [self._scores[keys[p.id]] for p in pairs]
+
+    def _score_batch(self, prepared: Sequence[_Prepared], conts: Sequence[tuple[int, ...]], protocol: Protocol,
+                     arm: str | Intervention) -> list[float]:
+        length = max(p.ids.shape[1] for p in prepared)
+        pads = [length - p.ids.shape[1] for p in prepared]
+        snap = stack_left_padded([p.snapshot for p in prepared], [1] * len(prepared), length - 1)
+        width = max(len(c) for c in conts)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        feed = torch.tensor([[int(p.ids[0, -1]), *c[:-1]] + [pad_id] * (width - len(c))
+                             for p, c in zip(prepared, conts)], device=self.device)
+        mask = torch.tensor([[0] * pad + [1] * (length - 1 - pad) + [1] * len(c) + [0] * (width - len(c))
+                             for pad, c in zip(pads, conts)], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+        specs = [] if protocol.refeed_last else self._specs(arm, protocol)  # the original's hooks are idle
+        with self._installed(prepared, specs, pads), torch.no_grad():
+            logits = self.model(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True,
+                                **{cache_kwarg(self.model): snap.to_cache()}).logits
+        logp = torch.log_softmax(logits.float(), -1)
+        return [float(logp[i, : len(c)].gather(1, torch.tensor(c, device=logp.device)[:, None]).mean())
+                for i, c in enumerate(conts)]
 
     def continuation_logprob(self, pair: Any, arm: str | Intervention, protocol: Protocol,
                              continuation: Sequence[int]) -> float:
@@ -245,6 +308,53 @@ class Runner:
     def _top_k(arm: str | Intervention, protocol: Protocol) -> int | None:
         return protocol.reference_top_k if arm in ("baseline", "champion") else protocol.top_k
 
+    def _prepare_many(self, pairs: Sequence[Any], arm: str | Intervention, protocol: Protocol,
+                      seeds: Mapping[str, tuple[int, ...]]) -> list[_Prepared]:
+        """:meth:`_prepare` for many pairs; the corrected protocol's patched prefills of all
+        pairs go in one left-padded pass, each pair's patches on its own row."""
+        texts = [p.baseline if arm == "baseline" else p.champion for p in pairs]
+        if arm in ("baseline", "champion") and not protocol.refeed_last:
+            self.caches(texts, without_last=True)  # one pass for the missing ones
+        if not isinstance(arm, Intervention) or protocol.refeed_last or (protocol.decode_source == "aligned"):
+            return [self._prepare(p, arm, protocol, seeds[p.id]) for p in pairs]
+        specs = self._specs(arm, protocol)
+        for spec in specs:  # one pass per site for the missing champion activations
+            self.activations([p.champion for p in pairs], source_site(spec))
+        kv_layers = arm.mapped_kv_layers(self.layout.n_layers)
+        if kv_layers:
+            self.caches([p.champion for p in pairs], without_last=True)
+        sources = [self._sources(p, specs, arm, protocol, seeds[p.id], None) for p in pairs]
+        prefixes = [self.ids(p.baseline)[:, :-1] for p in pairs]
+        length = max(x.shape[1] for x in prefixes)
+        pads = [length - x.shape[1] for x in prefixes]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.cat([torch.cat([x.new_full((1, pad), pad_id), x], 1) for x, pad in zip(prefixes, pads)])
+        mask = (torch.arange(length)[None, :] >= torch.tensor(pads)[:, None]).long().to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        groups = {spec: [RowGroup(slice(i, i + 1), pads[i], prefixes[i].shape[1] + 1, *src[spec])
+                         for i, src in enumerate(sources)] for spec in specs}
+        with install(self.model, self.layout, specs, groups) as handles:
+            batch = prefill(self.model, ids, attention_mask=mask, position_ids=positions)[1]
+        out = []
+        for i, pair in enumerate(pairs):
+            counts = tuple(c for h in handles for c in h.group_counts(i) if c.phase == "prefill")
+            target = unpad(batch, i, pads[i])
+            out.append(_Prepared(pair, seeds[pair.id], self.ids(pair.baseline), self._spliced(pair, target, arm, protocol),
+                                 prefixes[i].shape[1] + 1, sources[i], counts))
+        return out
+
+    def _spliced(self, pair: Any, target: Any, arm: Intervention, protocol: Protocol) -> Any:
+        """The arm's KV splice of the champion's clean cache into ``target`` (unchanged without one)."""
+        kv_layers = arm.mapped_kv_layers(self.layout.n_layers)
+        if not kv_layers:
+            return target
+        # The corrected protocol splices like with like: both caches end before the last
+        # prompt token, fed once next; the original splices whole caches.
+        champion = self.cache(pair.champion, without_last=not protocol.refeed_last)
+        keep_first = 1 if self.tokenizer.bos_token_id is not None else 0
+        return splice(target, champion, kv_layers, protocol.align, rotary_emb=self.layout.rotary_emb,
+                      keep_first=keep_first)
+
     def _prepare(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...],
                  continuation: tuple[int, ...] | None = None) -> _Prepared:
         """Prefill and splice one pair for ``arm``; the prefill runs under the arm's prefill patches."""
@@ -257,18 +367,12 @@ class Runner:
             raise HarnessLookupError(f"unknown arm {arm!r}; expected 'baseline', 'champion' or an Intervention")
         specs = self._specs(arm, protocol)
         sources = self._sources(pair, specs, arm, protocol, seeds, continuation)
-        kv_layers = arm.mapped_kv_layers(self.layout.n_layers)
         ids_b = self.ids(pair.baseline)
-        # Clean passes first (memoised, never under a hook). The corrected protocol splices
-        # like with like: both caches end before the last prompt token, fed once next.
-        champion = self.cache(pair.champion, without_last=not protocol.refeed_last) if kv_layers else None
-        keep_first = 1 if self.tokenizer.bos_token_id is not None else 0
+        if arm.kv_layers:  # clean passes first: memoised, never under a hook
+            self.cache(pair.champion, without_last=not protocol.refeed_last)
 
         def spliced(target: Any) -> Any:
-            if not kv_layers:
-                return target
-            return splice(target, champion, kv_layers, protocol.align, rotary_emb=self.layout.rotary_emb,
-                          keep_first=keep_first)
+            return self._spliced(pair, target, arm, protocol)
 
         if protocol.refeed_last:
             # The original: the full prefill ran before the hooks existed, then the splice,

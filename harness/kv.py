@@ -31,6 +31,7 @@ __all__ = [
     "snapshot",
     "prefill",
     "check_fits_window",
+    "unpad",
     "resolve_layers",
     "splice",
     "rerotate_keys",
@@ -144,20 +145,28 @@ def check_fits_window(config: Any, length: int) -> None:
 
 
 def prefill(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, KVSnapshot]:
     """One forward pass over a prompt.
 
     ``input_ids``: (batch, seq). Returns logits ``(batch, seq, vocab)`` and the
     snapshot of the cache it built. No gradients are recorded. The cache is a plain
     full-attention one, so a sliding-window model's cache is never cut to its window
-    (sequences beyond the window are refused: :func:`check_fits_window`).
+    (sequences beyond the window are refused: :func:`check_fits_window`). Left-padded
+    rows need their ``attention_mask`` and ``position_ids`` (see :func:`unpad`).
     """
     check_fits_window(model.config, int(input_ids.shape[1]))
     with torch.no_grad():
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
-                        **{cache_kwarg(model): new_cache()})
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=True, **{cache_kwarg(model): new_cache()})
     return outputs.logits, snapshot(output_cache(outputs))
+
+
+def unpad(snap: KVSnapshot, row: int, start: int, stop: int | None = None) -> KVSnapshot:
+    """Row ``row`` of a batched snapshot, slots ``start:stop`` only (its padding cut away)."""
+    return KVSnapshot(keys=tuple(k[row : row + 1, :, start:stop].clone() for k in snap.keys),
+                      values=tuple(v[row : row + 1, :, start:stop].clone() for v in snap.values))
 
 
 def resolve_layers(layers: Any, n_layers: int) -> tuple[int, ...]:

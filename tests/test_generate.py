@@ -167,3 +167,15 @@ def test_original_scoring_in_one_pass_equals_step_by_step_decoding_under_its_hoo
             cache, step = output_cache(out), torch.tensor([[token]])
     one_pass = runner.continuation_logprob(pair, L27_V, protocol, continuation)
     assert abs(one_pass - total / len(continuation)) < 1e-4
+
+
+@pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED], ids=lambda p: p.name)
+@pytest.mark.parametrize("arm", ["baseline", "champion", KV_ONLY, L27_V], ids=str)
+def test_scores_batched_over_pairs_equal_each_pair_scored_alone(protocol, arm):
+    pairs = spread(default_pairs(), 6)
+    batched = Runner(load_subject()).scores(pairs, arm, short(protocol, 8))
+    alone = Runner(load_subject())
+    for pair, value in zip(pairs, batched):
+        single = alone.continuation_logprob(pair, arm, short(protocol, 8),
+                                            alone.champion_continuation(pair, short(protocol, 8)))
+        assert abs(value - single) < 1e-4, pair.id
