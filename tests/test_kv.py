@@ -14,7 +14,7 @@ import torch
 import transformers
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny import BOS, VOCAB, random_prompt, tiny_llama_gqa, tiny_mistral, tiny_qwen2
+from tiny import random_prompt, tiny_llama_gqa, tiny_mistral, tiny_qwen2
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from harness.errors import HarnessLookupError, HarnessValueError

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny import BOS, VOCAB, random_prompt, tiny_llama_gqa, tiny_mistral, tiny_qwen2
+from tiny import VOCAB, random_prompt, tiny_llama_gqa, tiny_mistral, tiny_qwen2
 from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel
 
 from harness.errors import HarnessLookupError, HarnessValueError, UnsupportedModelError
