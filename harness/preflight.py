@@ -184,7 +184,9 @@ def _check_prompt_lengths(options: RunOptions) -> None:
                 longest, longest_id = n, pair.id
     # The original protocol feeds the last prompt token a second time: one more position.
     total = longest + 1 + options.gen_tokens
-    limit = getattr(config, "max_position_embeddings", None)
+    # GPT-2 names it n_positions (its config maps max_position_embeddings onto it; a
+    # config without that map still has n_positions).
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if limit is not None and total > int(limit):
         raise PreflightError(
             f"{where}: pair {longest_id!r} has a prompt of {longest} tokens, plus {options.gen_tokens} "
