@@ -31,7 +31,7 @@ Two built-in protocols (see DESIGN.md):
 
     On a model with absolute positions (GPT-2) keys cannot be re-rotated: a token's
     position is in the hidden states of every layer. There the splice uses the
-    protocol's ``align_absolute`` (``left``): slot j of the spliced prefix holds the
+    protocol's ``align_absolute_positions`` (``left``): slot j of the spliced prefix holds the
     champion's KV of its token j, computed at position j, for j < n =
     min(len_b, len_c) - 1; a longer baseline keeps its own KV in slots n..len_b-2
     (a longer champion is cut to the baseline's length). So the first decoding step
@@ -248,9 +248,9 @@ class Runner:
 
     def alignment(self, protocol: Protocol) -> str:
         """The splice alignment ``protocol`` uses on this subject: ``align``, or
-        ``align_absolute`` when the model's positions are absolute (no rotary embedding)."""
-        if self.layout.rotary_emb is None and protocol.align_absolute is not None:
-            return protocol.align_absolute
+        ``align_absolute_positions`` when the model's positions are absolute (no rotary embedding)."""
+        if self.layout.rotary_emb is None and protocol.align_absolute_positions is not None:
+            return protocol.align_absolute_positions
         return protocol.align
 
     # -- the steps ----------------------------------------------------------------
