@@ -184,3 +184,21 @@ def test_gpt2_corrected_full_kv_from_a_champion_at_least_as_long_is_its_prefix_c
             [tuple(row) for row in recompute(r, claimed, protocol)], pair.id
         checked += ids_c.shape[1] > ids_b.shape[1]
     assert checked >= 5  # longer champions, not only the equal-length pairs
+
+
+@pytest.mark.parametrize("name", ["gpt2-absolute", "neox-partial-rope", "phi3-gqa-partial-rope"])
+@pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED], ids=lambda p: p.name)
+def test_fused_pairs_batched_equal_one_pair_at_a_time(name, protocol):
+    """Left padding (positions counted from the mask: learned or rotary), stacked spliced caches
+    and per-pair groups of a fused v_proj patch change nothing for any pair."""
+    from tiny import RELAY
+
+    pairs = BANK[::3]  # equal, longer and shorter champions: padding varies
+    seeds = {p.id: SEEDS[:3] for p in pairs}
+    short = protocol.with_(gen_tokens=8)
+    batched = Runner(SUBJECTS[name]()).run_many(pairs, RELAY, short, seeds)
+    alone = runner(name)
+    for pair, together in zip(pairs, batched):
+        single = alone.run(pair, RELAY, short, seeds[pair.id])
+        assert together.tokens == single.tokens, pair.id
+        assert together.patch_counts == single.patch_counts, pair.id
