@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import TOY_IDS, tiny_gpt2, tiny_neox, tiny_phi3, toy_tokenizer
+from tiny import save_tiny, tiny_gpt2, tiny_neox, tiny_phi3
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"gpt2": tiny_gpt2, "gpt_neox": tiny_neox, "phi3": tiny_phi3}
@@ -27,19 +27,10 @@ VERDICTS = {"supported", "refuted", "inconclusive", "invalid"}
 CLAIMS_FILE = "claims/test_transfer.py"
 
 
-def save_tiny(family: str, folder: Path) -> Path:
-    """A tiny random model of ``family`` speaking the toy's vocabulary, saved as a user's folder."""
-    tokenizer = toy_tokenizer(True)
-    model, _ = FAMILIES[family](vocab_size=len(tokenizer), **TOY_IDS)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_claims_run_on_a_saved_fused_qkv_model_gives_verdicts(family: str, tmp_path: Path) -> None:
-    folder = save_tiny(family, tmp_path / family)
+    folder = save_tiny(FAMILIES[family], tmp_path / family)
     assert json.loads((folder / "config.json").read_text())["model_type"] == family
     report = tmp_path / "report"
     env = dict(os.environ, PYTHONPATH=str(ROOT))

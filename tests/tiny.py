@@ -138,6 +138,16 @@ def tiny_subject(builder: Any, *, bos: bool = True, seed: int = 0, **overrides: 
                    device="cpu", dtype="float32")
 
 
+def save_tiny(builder: Any, folder: Any, **overrides: Any) -> Any:
+    """A tiny random model speaking the toy's vocabulary, saved with the toy's tokenizer as a
+    user's ``--model`` folder (safetensors). Returns the folder."""
+    tokenizer = toy_tokenizer(True)
+    model, _ = builder(vocab_size=len(tokenizer), **{**TOY_IDS, **overrides})
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 #: Llama 3's RoPE frequency scaling (rope_type "llama3"), on a short original context so it acts.
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 32}
