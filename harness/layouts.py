@@ -62,15 +62,14 @@ class Layout:
 
     ``blocks``: dotted path from the causal LM to its decoder blocks; ``rotary``: path to
     the rotary embedding module (``rotary_emb(x, position_ids) -> (cos, sin)``), or ""
-    for absolute positions; ``attention``, ``output_proj``, ``mlp``: paths inside a
-    block; ``fused``: path of the fused QKV projection inside a block ("" when V has
-    its own ``value`` module).
+    for absolute positions. Inside a block: ``value`` (an unfused V projection) or
+    ``fused`` (the fused QKV projection, with :meth:`_value_part`), ``output_proj`` (the
+    attention output projection) and ``mlp``.
     """
 
     family = ""
     blocks = ""
     rotary = ""
-    attention = ""
     value = ""
     fused = ""
     output_proj = ""
@@ -118,7 +117,7 @@ class Layout:
 
     @property
     def positions(self) -> str:
-        """"rotary" (keys rotated to their position, see :mod:`harness.kv`) or "absolute"."""
+        """``"rotary"`` (keys rotated to their position, see :mod:`harness.kv`) or ``"absolute"``."""
         return "rotary" if self.rotary else "absolute"
 
     @property

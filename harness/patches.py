@@ -121,8 +121,7 @@ class PositionTracker:
     """Records the cache slots ``[start, start + T)`` of the current forward call."""
 
     def __init__(self, model: Any) -> None:
-        # The decoder stack (``model.model``, ``transformer``, ``gpt_neox``): it is called
-        # once per forward with the ids and the cache, whatever the head model's signature.
+        # The decoder stack (model.model, transformer, gpt_neox): called with ids and cache.
         self._base = getattr(model, "base_model", None) or getattr(model, "model", model)
         self.start = 0
         self.length = 0
@@ -375,9 +374,8 @@ def record(model: Any, layout: Any, input_ids: torch.Tensor, sites: Sequence[Sit
 def _hook_activation(resolved: Any, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Any:
     """Register the hook that shows ``fn`` the site's activation (batch, T, d); return its handle.
 
-    A tensor returned by ``fn`` replaces the activation; None leaves it as it is.
-    On a fused projection (``resolved.part``) ``fn`` sees only the site's slice of the
-    module's output, and a replacement changes only that slice.
+    A tensor returned by ``fn`` replaces the activation; None leaves it as it is. On a fused
+    projection ``fn`` sees, and a replacement changes, only the site's slice (``resolved.part``).
     """
     if resolved.where == "input":
 
