@@ -28,6 +28,18 @@ Two built-in protocols (see DESIGN.md):
     For pairs of equal length that is exactly a plain generation from
     ``champion[:-1] + baseline[-1:]``; a prompt spliced into itself is exactly
     the baseline arm. A tokenizer without BOS keeps no slot.
+
+    On a model with absolute positions (GPT-2) keys cannot be re-rotated: a token's
+    position is in the hidden states of every layer. There the splice uses the
+    protocol's ``align_absolute_positions`` (``left``): slot j of the spliced prefix holds the
+    champion's KV of its token j, computed at position j, for j < n =
+    min(len_b, len_c) - 1; a longer baseline keeps its own KV in slots n..len_b-2
+    (a longer champion is cut to the baseline's length). So the first decoding step
+    sees ``champion[:n]`` at positions 0..n-1, then the baseline's own slots, then
+    the baseline's last token at position len_b - 1, fed once: every cached KV sits
+    at the position it was computed at. For pairs of equal length that is again
+    exactly ``champion[:-1] + baseline[-1:]``, and a self-splice is the baseline arm.
+    :meth:`Runner.alignment` says which alignment a protocol gets on the subject.
 """
 
 from __future__ import annotations
@@ -297,6 +309,13 @@ class Runner:
                 self._greedy[(p.champion, protocol.gen_tokens)] = res.tokens[0]
         return [self._greedy[(p.champion, protocol.gen_tokens)] for p in pairs]
 
+    def alignment(self, protocol: Protocol) -> str:
+        """The splice alignment ``protocol`` uses on this subject: ``align``, or
+        ``align_absolute_positions`` when the model's positions are absolute (no rotary embedding)."""
+        if self.layout.rotary_emb is None and protocol.align_absolute_positions is not None:
+            return protocol.align_absolute_positions
+        return protocol.align
+
     # -- the steps ----------------------------------------------------------------
     def _specs(self, arm: str | Intervention, protocol: Protocol) -> list[PatchSpec]:
         if not isinstance(arm, Intervention):
@@ -352,7 +371,7 @@ class Runner:
         # prompt token, fed once next; the original splices whole caches.
         champion = self.cache(pair.champion, without_last=not protocol.refeed_last)
         keep_first = 1 if self.tokenizer.bos_token_id is not None else 0
-        return splice(target, champion, kv_layers, protocol.align, rotary_emb=self.layout.rotary_emb,
+        return splice(target, champion, kv_layers, self.alignment(protocol), rotary_emb=self.layout.rotary_emb,
                       keep_first=keep_first)
 
     def _prepare(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...],

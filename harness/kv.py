@@ -199,10 +199,13 @@ def resolve_layers(layers: Any, n_layers: int) -> tuple[int, ...]:
 def _shift_rotation(
     rotary_emb: Any, shift: int, head_dim: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin (head_dim,) of a rotation by ``shift`` positions, from the model's rotary_emb.
+    """cos/sin (rotary_dim,) of a rotation by ``shift`` positions, from the model's rotary_emb.
 
-    The rotary module may scale cos/sin by an attention factor (YaRN and the like);
-    position 0 gives cos = factor, sin = 0, so dividing by it leaves a pure rotation.
+    ``rotary_dim`` is the width the model rotates: all of ``head_dim``, or its first part
+    under a partial rotary embedding (GPT-NeoX's ``rotary_pct``, Phi's
+    ``partial_rotary_factor``), where cos/sin are that narrower. The rotary module may
+    scale cos/sin by an attention factor (YaRN and the like); position 0 gives cos = factor,
+    sin = 0, so dividing by it leaves a pure rotation.
     """
     inv_freq = getattr(rotary_emb, "inv_freq", None)
     rope_device = inv_freq.device if isinstance(inv_freq, torch.Tensor) else device
@@ -210,17 +213,18 @@ def _shift_rotation(
     positions = torch.tensor([[shift, 0]], dtype=torch.long, device=rope_device)
     with torch.no_grad():
         cos, sin = rotary_emb(probe, positions)
-    if cos.shape[-1] != head_dim:
+    width = cos.shape[-1]
+    if width > head_dim or width % 2:
         raise HarnessValueError(
-            f"rotary embedding covers {cos.shape[-1]} of {head_dim} head dims; partial "
-            "rotary embeddings are not supported by 'right-rerotated'"
+            f"rotary embedding covers {width} dims of a {head_dim}-dim head; expected an even "
+            "number of dims, at most the head's"
         )
     scale = cos[0, 1].float()
     return (cos[0, 0].float() / scale).to(device), (sin[0, 0].float() / scale).to(device)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    # The Llama-family convention: dims (i, i + d/2) form one rotation pair.
+    # The Llama / GPT-NeoX / Phi convention: dims (i, i + d/2) of the rotated width form one pair.
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
@@ -229,13 +233,16 @@ def rerotate_keys(keys: torch.Tensor, shift: int, rotary_emb: Any) -> torch.Tens
     """Move rotated keys (batch, heads, seq, head_dim) by ``shift`` positions.
 
     A key cached at position p is R(p) k; RoPE rotations compose, so
-    R(shift) R(p) k = R(p + shift) k. Computed in float32, returned in keys' dtype.
+    R(shift) R(p) k = R(p + shift) k. Under a partial rotary embedding only the first
+    ``rotary_dim`` dims were rotated (the rest carry no position) and only they move.
+    Computed in float32, returned in keys' dtype.
     """
     if shift == 0:
         return keys.clone()
     cos, sin = _shift_rotation(rotary_emb, shift, keys.shape[-1], keys.device)
     k32 = keys.float()
-    return (k32 * cos + _rotate_half(k32) * sin).to(keys.dtype)
+    rot, rest = k32[..., : cos.shape[-1]], k32[..., cos.shape[-1] :]
+    return torch.cat((rot * cos + _rotate_half(rot) * sin, rest), dim=-1).to(keys.dtype)
 
 
 def splice(
@@ -269,7 +276,10 @@ def splice(
       ``len_t - len_s``), values copied; the target's first ``keep_first`` slots
       (BOS) are kept. With equal lengths the result is the source, but for
       those first slots.
-      Needs ``rotary_emb`` (``model.model.rotary_emb``). Distances among the
+      Needs ``rotary_emb`` (``Layout.rotary_emb``; partial rotary embeddings move only
+      the rotated dims). Not for absolute positions (GPT-2): there a position is in
+      the hidden states of every layer, not a rotation of the keys, so no key can be
+      moved; use ``"left"``, which keeps every slot at its own position. Distances among the
       moved tokens, and from them to new tokens, are exact; their distance to
       BOS is not: beyond layer 0 their KV were computed with the source's own
       distance to BOS, so this is not a prefill of the source at shifted
@@ -282,8 +292,8 @@ def splice(
         )
     if align == "right-rerotated" and rotary_emb is None:
         raise HarnessValueError(
-            "alignment 'right-rerotated' needs the model's rotary embedding: "
-            "pass rotary_emb=model.model.rotary_emb (LlamaLayout.rotary_emb)"
+            "alignment 'right-rerotated' needs the model's rotary embedding (pass "
+            "rotary_emb=layout.rotary_emb); a model with absolute positions has none: use 'left'"
         )
     for name in ("n_layers", "batch", "n_kv_heads", "head_dim"):
         t, s = getattr(target, name), getattr(source, name)

@@ -207,7 +207,7 @@ def load_subject(
     model.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(source, **common)
 
-    from harness.sites import layout_for
+    from harness.layouts import layout_for
 
     layout = layout_for(model)
     weights_dir = Path(source) if local else _hub_snapshot_dir(model)

@@ -47,7 +47,7 @@ import torch
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
 from harness.compat import cache_from_kwargs
 from harness.records import PatchCount
-from harness.sites import Site, hooked_tensor, parse_site, with_replaced
+from harness.sites import Site, parse_site
 
 __all__ = [
     "PHASES",
@@ -121,7 +121,8 @@ class PositionTracker:
     """Records the cache slots ``[start, start + T)`` of the current forward call."""
 
     def __init__(self, model: Any) -> None:
-        self._base = getattr(model, "model", model)
+        # The decoder stack (model.model, transformer, gpt_neox): called with ids and cache.
+        self._base = getattr(model, "base_model", None) or getattr(model, "model", model)
         self.start = 0
         self.length = 0
         self._handle: Any = None
@@ -453,20 +454,20 @@ def record(model: Any, layout: Any, input_ids: torch.Tensor, sites: Sequence[Sit
 def _hook_activation(resolved: Any, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Any:
     """Register the hook that shows ``fn`` the site's activation (batch, T, d); return its handle.
 
-    A tensor returned by ``fn`` replaces the activation; None leaves it as it is.
+    A tensor returned by ``fn`` replaces the activation; None leaves it as it is. On a fused
+    projection ``fn`` sees, and a replacement changes, only the site's slice (``resolved.part``).
     """
-    where = resolved.where
-    if where == "input":
+    if resolved.where == "input":
 
         def pre_hook(module: Any, args: tuple, kwargs: dict) -> Any:
-            new = fn(hooked_tensor(where, args, kwargs, None))
-            return None if new is None else with_replaced(where, args, kwargs, None, new)
+            new = fn(resolved.tensor(args, kwargs, None))
+            return None if new is None else resolved.replaced(args, kwargs, None, new)
 
         return resolved.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     def hook(module: Any, args: tuple, output: Any) -> Any:
-        new = fn(hooked_tensor(where, args, {}, output))
-        return None if new is None else with_replaced(where, args, {}, output, new)
+        new = fn(resolved.tensor(args, {}, output))
+        return None if new is None else resolved.replaced(args, {}, output, new)
 
     return resolved.module.register_forward_hook(hook)
 

@@ -184,11 +184,14 @@ def _check_prompt_lengths(options: RunOptions) -> None:
                 longest, longest_id = n, pair.id
     # The original protocol feeds the last prompt token a second time: one more position.
     total = longest + 1 + options.gen_tokens
-    limit = getattr(config, "max_position_embeddings", None)
+    # GPT-2 calls it n_positions (its config maps max_position_embeddings onto it): name it
+    # as the model's own config.json does.
+    name = getattr(config, "attribute_map", {}).get("max_position_embeddings", "max_position_embeddings")
+    limit = getattr(config, name, None)
     if limit is not None and total > int(limit):
         raise PreflightError(
             f"{where}: pair {longest_id!r} has a prompt of {longest} tokens, plus {options.gen_tokens} "
-            f"generated, {total} positions; the model has max_position_embeddings {limit}; shorten "
+            f"generated, {total} positions; the model has {name} {limit}; shorten "
             "the prompt or lower --gen-tokens"
         )
     window = sliding_window_of(config)

@@ -50,6 +50,9 @@ class Protocol:
     stop_at_eos: bool = True
     #: The per-sample metric the protocol's verdicts are judged on (claims may name another).
     metric: str = "marker_rate"
+    #: The alignment used instead of ``align`` on a model with absolute positions (GPT-2's
+    #: learned position embeddings), whose keys carry no rotation to move; None: ``align``.
+    align_absolute_positions: str | None = None
 
     def with_(self, **changes: Any) -> Protocol:
         return dataclasses.replace(self, **changes)
@@ -61,7 +64,7 @@ ORIGINAL = Protocol(
 )
 CORRECTED = Protocol(
     "corrected", align="right-rerotated", refeed_last=False, patch_mode="corrected",
-    patch_phases=("prefill", "decode"),
+    patch_phases=("prefill", "decode"), align_absolute_positions="left",
 )
 PROTOCOLS = {p.name: p for p in (ORIGINAL, CORRECTED)}
 

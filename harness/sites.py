@@ -6,8 +6,8 @@ on a 32-layer model, and are mapped to the subject's depth by :func:`map_layer`.
 
 This module must not import torch at module level: :func:`parse_site`,
 :func:`map_layer` and :func:`check_architecture` validate user input (and a
-model's ``config.json``) before any weights are loaded. Torch is imported only
-inside the functions that touch a loaded model.
+model's ``config.json``) before any weights are loaded. The adapters that bind
+sites to a loaded model's modules are in :mod:`harness.layouts` (re-exported here).
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ __all__ = [
     "SITE_KINDS",
     "SOURCE_DEPTH",
     "SUPPORTED_MODEL_TYPES",
+    "FUSED_MODEL_TYPES",
     "Site",
+    "FusedPart",
     "ResolvedSite",
+    "Layout",
     "LlamaLayout",
     "parse_site",
     "map_layer",
@@ -51,12 +54,17 @@ SOURCE_DEPTH = 32
 #: ``.mlp`` and ``model.model.rotary_emb``.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("gemma", "gemma2", "llama", "mistral", "qwen2", "qwen3")
 
-# Known layouts we refuse, with the reason shown to the user. Fused QKV means the
-# value projection is a slice of one Linear, so ``v_proj`` cannot be hooked alone.
-_FUSED_QKV: dict[str, str] = {
-    "phi3": "self_attn.qkv_proj",
-    "gpt_neox": "attention.query_key_value",
+#: model_type values with a fused QKV projection that a layout in :mod:`harness.layouts`
+#: slices (``v_proj`` is the value part of the fused output), with the fused module.
+FUSED_MODEL_TYPES: dict[str, str] = {
     "gpt2": "attn.c_attn",
+    "gpt_neox": "attention.query_key_value",
+    "phi3": "self_attn.qkv_proj",
+}
+
+# Known fused layouts we still refuse, with the reason shown to the user: no adapter
+# knows where their value slice lies (or, for some, how their caches are laid out).
+_FUSED_QKV: dict[str, str] = {
     "gpt_bigcode": "attn.c_attn",
     "falcon": "self_attention.query_key_value",
     "bloom": "self_attention.query_key_value",
@@ -67,7 +75,8 @@ _FUSED_QKV: dict[str, str] = {
 
 _LAYOUT_TEXT = (
     "supported: Llama-family layout model.model.layers[L].self_attn.{q,k,v,o}_proj, .mlp, "
-    "model.model.rotary_emb (model_type one of " + ", ".join(SUPPORTED_MODEL_TYPES) + ")"
+    "model.model.rotary_emb (model_type one of " + ", ".join(SUPPORTED_MODEL_TYPES) + "), "
+    "and the fused-QKV layouts of " + ", ".join(FUSED_MODEL_TYPES)
 )
 
 # Where a site's tensor is read/written: a forward hook on the module ("output"),
@@ -184,18 +193,59 @@ def check_architecture(config: Any) -> None:
     model_type = _config_get(config, "model_type")
     if model_type in SUPPORTED_MODEL_TYPES:
         return
+    if model_type in FUSED_MODEL_TYPES:
+        if _config_get(config, "add_cross_attention"):
+            # GPT-2 with cross-attention wraps its cache in an encoder-decoder cache: not a
+            # decoder-only causal LM, and its cache is not the layout harness.kv splices.
+            raise UnsupportedModelError(
+                f"model_type {model_type!r} with add_cross_attention is not supported: only "
+                f"decoder-only causal LMs are; {_LAYOUT_TEXT}"
+            )
+        return
     if not model_type:
         raise UnsupportedModelError(f"model config has no model_type; {_LAYOUT_TEXT}")
     fused = _FUSED_QKV.get(str(model_type))
     if fused is not None:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported: its attention uses a fused QKV "
-            f"projection ({fused}), so v_proj cannot be hooked on its own; {_LAYOUT_TEXT}"
+            f"projection ({fused}) whose value slice no layout adapter knows; {_LAYOUT_TEXT}"
         )
     raise UnsupportedModelError(
         f"model_type {model_type!r} is not supported: its module layout is not a known "
         f"Llama-family layout; {_LAYOUT_TEXT}"
     )
+
+
+@dataclass(frozen=True)
+class FusedPart:
+    """One part (e.g. the values) of a fused projection's output, as a view of its last dim.
+
+    The fused output's last dim is read as ``(groups, width)`` and the part is
+    ``[start, stop)`` of each group, concatenated over groups: GPT-2's ``c_attn``
+    (``[q | k | v]``) is one group of ``3d`` with v at ``[2d, 3d)``; GPT-NeoX's
+    ``query_key_value`` is one group per head, ``[q_h | k_h | v_h]`` of ``3 * head_dim``
+    each; Phi-3's ``qkv_proj`` is one group ``[q | k | v]`` with grouped-query k and v.
+    So the part of an output (batch, T, groups * width) is (batch, T, groups * (stop - start)),
+    head h's values at ``[h * head_dim, (h + 1) * head_dim)`` as from an unfused ``v_proj``.
+    """
+
+    groups: int
+    start: int
+    stop: int
+
+    def read(self, fused: torch.Tensor) -> torch.Tensor:
+        """The part of ``fused`` (..., groups * width): (..., groups * (stop - start)); may be a view."""
+        lead = fused.shape[:-1]
+        grouped = fused.reshape(*lead, self.groups, fused.shape[-1] // self.groups)
+        return grouped[..., self.start : self.stop].reshape(*lead, self.groups * (self.stop - self.start))
+
+    def write(self, fused: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+        """A copy of ``fused`` with the part replaced by ``part`` (shape as :meth:`read` gives)."""
+        lead = fused.shape[:-1]
+        new = fused.clone()
+        grouped = new.view(*lead, self.groups, fused.shape[-1] // self.groups)
+        grouped[..., self.start : self.stop] = part.reshape(*lead, self.groups, self.stop - self.start)
+        return new
 
 
 @dataclass(frozen=True)
@@ -207,94 +257,31 @@ class ResolvedSite:
     tuple whose [0] is the hidden states), "input" (forward pre-hook with kwargs on
     the decoder layer; hidden states are ``args[0]`` or ``kwargs["hidden_states"]``),
     or "cache" (the layer's KV cache entry; ``module`` is None).
+
+    ``part``, for an "output" site on a fused projection, is the slice of the module's
+    output that is the site (the values of a fused QKV); None: the whole output.
     """
 
     site: Site
     layer: int
     module: Any  # torch.nn.Module | None; typed loosely so torch is not imported
     where: str
+    part: FusedPart | None = None
 
     def __str__(self) -> str:
         return f"{self.site} (layer {self.layer})"
 
+    def tensor(self, args: tuple, kwargs: dict, output: Any) -> torch.Tensor:
+        """The site's tensor inside a hook on ``module``, (batch, T, features)."""
+        x = hooked_tensor(self.where, args, kwargs, output)
+        return x if self.part is None else self.part.read(x)
 
-class LlamaLayout:
-    """Adapter for the Llama-family module layout of a loaded causal LM.
-
-    Knows where each site lives: ``v_proj`` -> ``layers[L].self_attn.v_proj`` output,
-    ``attn_out`` -> ``layers[L].self_attn.o_proj`` output, ``mlp_out`` ->
-    ``layers[L].mlp`` output, ``resid_post`` -> ``layers[L]`` output, ``resid_pre``
-    -> ``layers[L]`` input, ``kv`` -> cache entry L.
-    """
-
-    def __init__(self, model: Any, source_depth: int = SOURCE_DEPTH) -> None:
-        base = getattr(model, "model", None)
-        layers = getattr(base, "layers", None)
-        model_type = _config_get(getattr(model, "config", None), "model_type")
-        if layers is None or getattr(base, "rotary_emb", None) is None or len(layers) == 0:
-            raise UnsupportedModelError(
-                f"model (model_type {model_type!r}) has no model.model.layers / "
-                f"model.model.rotary_emb; {_LAYOUT_TEXT}"
-            )
-        for i, layer in enumerate(layers):
-            attn = getattr(layer, "self_attn", None)
-            missing = [p for p in ("q_proj", "k_proj", "v_proj", "o_proj") if not hasattr(attn, p)]
-            if attn is None or missing or not hasattr(layer, "mlp"):
-                raise UnsupportedModelError(
-                    f"model (model_type {model_type!r}) layer {i} lacks self_attn."
-                    f"{{{','.join(missing) or 'self_attn'}}} or mlp; {_LAYOUT_TEXT}"
-                )
-        self.model = model
-        self.config = model.config
-        self.layers = layers
-        self.source_depth = source_depth
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def rotary_emb(self) -> Any:
-        """The model's rotary embedding: ``rotary_emb(x, position_ids) -> (cos, sin)``."""
-        return self.model.model.rotary_emb
-
-    @property
-    def num_kv_heads(self) -> int:
-        cfg = self.config
-        return int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-
-    @property
-    def head_dim(self) -> int:
-        cfg = self.config
-        return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-
-    def map(self, layer: int) -> int:
-        """Map a source-numbered layer to this model (see :func:`map_layer`)."""
-        return map_layer(layer, self.n_layers, self.source_depth)
-
-    def resolve(self, site: Site | str) -> ResolvedSite:
-        """Bind ``site`` (a Site or ``"kind@layer"``) to this model's module."""
-        site = parse_site(site) if isinstance(site, str) else site
-        layer = self.map(site.layer)
-        if not 0 <= layer < self.n_layers:  # map_layer guarantees this; keep the check cheap
-            raise HarnessValueError(f"{site} maps to layer {layer}, outside 0..{self.n_layers - 1}")
-        block = self.layers[layer]
-        modules = {
-            "v_proj": block.self_attn.v_proj,
-            "attn_out": block.self_attn.o_proj,
-            "mlp_out": block.mlp,
-            "resid_post": block,
-            "resid_pre": block,
-            "kv": None,
-        }
-        module = modules[site.kind]
-        return ResolvedSite(site=site, layer=layer, module=module, where=_WHERE[site.kind])
-
-
-def layout_for(model: Any, source_depth: int = SOURCE_DEPTH) -> LlamaLayout:
-    """The adapter for a loaded model; refuses unsupported layouts (UnsupportedModelError)."""
-    check_architecture(getattr(model, "config", {}) or {})
-    return LlamaLayout(model, source_depth=source_depth)
+    def replaced(self, args: tuple, kwargs: dict, output: Any, new: torch.Tensor) -> Any:
+        """What the hook returns to replace the site's tensor with ``new`` (see :func:`with_replaced`);
+        on a fused projection only the part changes, the rest of its output is kept."""
+        if self.part is not None:
+            new = self.part.write(hooked_tensor(self.where, args, kwargs, output), new)
+        return with_replaced(self.where, args, kwargs, output, new)
 
 
 def _check_where(where: str) -> None:
@@ -342,3 +329,13 @@ def with_replaced(where: str, args: tuple, kwargs: dict, output: Any, new_tensor
         kwargs["hidden_states"] = new_tensor
         return tuple(args), kwargs
     return (new_tensor, *tuple(args)[1:]), kwargs
+
+
+def __getattr__(name: str) -> Any:
+    # The adapters live in harness.layouts (which imports this module); they are
+    # re-exported lazily so ``from harness.sites import LlamaLayout`` keeps working.
+    if name in ("Layout", "LlamaLayout", "GPT2Layout", "GPTNeoXLayout", "Phi3Layout", "layout_for"):
+        from harness import layouts
+
+        return getattr(layouts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,9 @@ position still reproduces the baseline for some seeds. Each test here compares t
 token, for every pair of the bank (or, where the space is large, a Hypothesis sample of
 it) and seeds 0..7, on the embedded toy (32-layer Mistral) and on tiny random models:
 Llama with Llama 3 RoPE scaling, Qwen2 with q/k/v biases, a Mistral whose tokenizer has
-no BOS, and a Mistral with a sliding window that every sequence fits in.
+no BOS, a Mistral with a sliding window that every sequence fits in, and the fused-QKV
+families: GPT-2 (absolute positions: the corrected splice is ``left``), GPT-NeoX (rotary on
+a quarter of each head) and Phi-3 (grouped-query, rotary on three quarters of each head).
 
 The independent reference is a plain loop of full forward passes (no cache, no
 ``generate``) that samples with the same seeded sampler.
@@ -19,10 +21,20 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import KV_ONLY, LLAMA3_ROPE, tiny_llama_gqa, tiny_mistral, tiny_qwen2, tiny_subject
+from tiny import (
+    KV_ONLY,
+    LLAMA3_ROPE,
+    tiny_gpt2,
+    tiny_llama_gqa,
+    tiny_mistral,
+    tiny_neox,
+    tiny_phi3,
+    tiny_qwen2,
+    tiny_subject,
+)
 
 from harness.errors import HarnessValueError
-from harness.generate import CORRECTED, Intervention, Runner, SeededSampler
+from harness.generate import CORRECTED, ORIGINAL, Intervention, Runner, SeededSampler
 from harness.model import load_subject
 from harness.patches import PATCHABLE, PatchSpec, install, record
 from harness.prompts import Pair, default_pairs
@@ -37,6 +49,9 @@ SUBJECTS = {
     "qwen2-bias": lambda: tiny_subject(tiny_qwen2),
     "mistral-no-bos": lambda: tiny_subject(tiny_mistral, bos=False),
     "mistral-sliding-80": lambda: tiny_subject(tiny_mistral, sliding_window=80),
+    "gpt2-absolute": lambda: tiny_subject(tiny_gpt2),
+    "neox-partial-rope": lambda: tiny_subject(tiny_neox),
+    "phi3-gqa-partial-rope": lambda: tiny_subject(tiny_phi3),
 }
 
 
@@ -142,3 +157,48 @@ def test_a_sequence_beyond_the_sliding_window_is_refused():
     r = Runner(tiny_subject(tiny_mistral, sliding_window=16))
     with pytest.raises(HarnessValueError, match=r"sliding_window 16: .* \d+ positions"):
         r.run(BANK[0], KV_ONLY, corrected(), (0,))
+
+
+@pytest.mark.parametrize("name", ["gpt2-absolute", "neox-partial-rope", "toy"])
+def test_the_runner_splices_absolute_positions_left_and_rotary_ones_rerotated(name):
+    r = runner(name)
+    absolute = name == "gpt2-absolute"
+    assert r.layout.positions == ("absolute" if absolute else "rotary")
+    assert r.alignment(CORRECTED) == ("left" if absolute else "right-rerotated")
+    assert r.alignment(ORIGINAL) == "right"  # the original's splice, as its scripts did it
+
+
+def test_gpt2_corrected_full_kv_from_a_champion_at_least_as_long_is_its_prefix_cut_to_the_baseline():
+    """Absolute positions, ``left``: a champion at least as long as the baseline fills every slot
+    of the baseline's prefix with its own first len_b - 1 tokens at their own positions, so the
+    arm is exactly a plain generation from ``champion[:len_b - 1] + baseline[-1:]``."""
+    r = runner("gpt2-absolute")
+    protocol = corrected()
+    checked = 0
+    for pair in BANK:
+        ids_b, ids_c = r.ids(pair.baseline), r.ids(pair.champion)
+        if ids_c.shape[1] < ids_b.shape[1]:
+            continue
+        claimed = torch.cat([ids_c[:, : ids_b.shape[1] - 1], ids_b[:, -1:]], dim=1)
+        assert list(r.run(pair, KV_ONLY, protocol, SEEDS).tokens) == \
+            [tuple(row) for row in recompute(r, claimed, protocol)], pair.id
+        checked += ids_c.shape[1] > ids_b.shape[1]
+    assert checked >= 5  # longer champions, not only the equal-length pairs
+
+
+@pytest.mark.parametrize("name", ["gpt2-absolute", "neox-partial-rope", "phi3-gqa-partial-rope"])
+@pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED], ids=lambda p: p.name)
+def test_fused_pairs_batched_equal_one_pair_at_a_time(name, protocol):
+    """Left padding (positions counted from the mask: learned or rotary), stacked spliced caches
+    and per-pair groups of a fused v_proj patch change nothing for any pair."""
+    from tiny import RELAY
+
+    pairs = BANK[::3]  # equal, longer and shorter champions: padding varies
+    seeds = {p.id: SEEDS[:3] for p in pairs}
+    short = protocol.with_(gen_tokens=8)
+    batched = Runner(SUBJECTS[name]()).run_many(pairs, RELAY, short, seeds)
+    alone = runner(name)
+    for pair, together in zip(pairs, batched):
+        single = alone.run(pair, RELAY, short, seeds[pair.id])
+        assert together.tokens == single.tokens, pair.id
+        assert together.patch_counts == single.patch_counts, pair.id

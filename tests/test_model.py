@@ -47,15 +47,28 @@ def test_folder_without_config_is_refused(tmp_path):
     assert "config.json" in one_line(exc)
 
 
-@pytest.mark.parametrize("model_type", ["phi3", "gpt_neox", "gpt2"])
-def test_fused_qkv_layout_is_refused_before_weights_load(tmp_path, model_type):
+@pytest.mark.parametrize("model_type", ["falcon", "bloom", "mpt"])
+def test_fused_qkv_layout_without_an_adapter_is_refused_before_weights_load(tmp_path, model_type):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
     # Garbage weights: reaching the loader would raise a different error.
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(UnsupportedModelError) as exc:
         load_subject(tmp_path)
     text = one_line(exc)
-    assert model_type in text and "mistral" in text
+    assert model_type in text and "mistral" in text and "fused QKV" in text
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "phi3"])
+def test_a_saved_fused_qkv_model_loads_with_its_layout(tmp_path, family):
+    from tiny import save_tiny, tiny_gpt2, tiny_neox, tiny_phi3
+
+    from harness.layouts import GPT2Layout, GPTNeoXLayout, Phi3Layout
+
+    builder, layout = {"gpt2": (tiny_gpt2, GPT2Layout), "gpt_neox": (tiny_neox, GPTNeoXLayout),
+                       "phi3": (tiny_phi3, Phi3Layout)}[family]
+    subject = load_subject(save_tiny(builder, tmp_path / family))
+    assert type(subject.layout) is layout and subject.n_layers == 4
+    assert subject.tokenizer.bos_token_id == 1
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "", "CPU"])

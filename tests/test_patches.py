@@ -11,7 +11,7 @@ from harness.errors import HarnessValueError
 from harness.kv import cache_kwarg, output_cache
 from harness.patches import PatchSpec, install, norm_matched_random, record, source_site
 from harness.sites import Site, layout_for
-from tiny import random_prompt, tiny_llama_gqa, tiny_mistral
+from tiny import random_prompt, tiny_gpt2, tiny_llama_gqa, tiny_mistral, tiny_neox, tiny_phi3
 
 MODEL, CONFIG = tiny_mistral()
 LAYOUT = layout_for(MODEL)
@@ -175,3 +175,25 @@ def test_norm_matched_random_keeps_each_position_norm():
     torch.testing.assert_close(noise.norm(dim=-1), source.norm(dim=-1))
     assert not torch.allclose(noise, source)
     torch.testing.assert_close(noise, norm_matched_random(source, seed=0))
+
+
+@pytest.mark.parametrize("builder", [tiny_gpt2, tiny_neox, tiny_phi3], ids=lambda b: b.__name__)
+def test_a_fused_v_proj_patch_writes_the_source_values_into_the_cache_and_leaves_keys(builder):
+    """On a fused QKV, the patched slice is what the attention uses as V: the layer's cached
+    values at the window's slots are the source's, head by head; its keys (and queries, which
+    the rest of the logits depend on) come from the untouched q and k slices."""
+    model = builder()[0]
+    layout = layout_for(model)
+    target, source = random_prompt(12, 5), random_prompt(10, 6)
+    spec = PatchSpec(Site("v_proj", 27), phases=("prefill",), window=4)
+    layer = layout.resolve(spec.site).layer
+    src = record(model, layout, source, [spec.site])[spec.site]  # (10, kv_heads * head_dim)
+    with torch.no_grad():
+        plain = output_cache(model(input_ids=target, use_cache=True))
+        with install(model, layout, [spec], {spec: src}, prompt_len=12) as handles:
+            patched = output_cache(model(input_ids=target, use_cache=True))
+    (k0, v0), (k1, v1) = [(c.layers[layer].keys, c.layers[layer].values) for c in (plain, patched)]
+    expected = src[-4:].view(4, layout.num_kv_heads, layout.head_dim).transpose(0, 1)[None]
+    torch.testing.assert_close(v1[:, :, -4:], expected, rtol=0, atol=0)
+    assert torch.equal(v1[:, :, :-4], v0[:, :, :-4]) and torch.equal(k1, k0)
+    assert handles[0].changed("prefill") == 4 * layout.num_kv_heads * layout.head_dim

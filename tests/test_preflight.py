@@ -89,6 +89,15 @@ def test_prompts_and_generation_beyond_the_models_positions(pytester, loads, tmp
                   "has max_position_embeddings 512*")
 
 
+def test_gpt2_positions_are_its_n_positions(pytester, loads, tmp_path):
+    from tiny import save_tiny, tiny_gpt2
+
+    folder = save_tiny(tiny_gpt2, tmp_path / "gpt2", n_positions=64)
+    refused(pytester, loads, "--model", str(folder),
+            match="*pair * has a prompt of * tokens, plus 24 generated, * positions; the model has "
+                  "n_positions 64*")
+
+
 def test_a_sliding_window_the_prompts_do_not_fit(pytester, loads, tmp_path):
     folder = tmp_path / "windowed"
     shutil.copytree(TOY_MODEL_DIR, folder)

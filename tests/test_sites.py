@@ -10,29 +10,34 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tiny import VOCAB, random_prompt, tiny_llama_gqa, tiny_mistral, tiny_qwen2
+from tiny import VOCAB, random_prompt, tiny_gpt2, tiny_llama_gqa, tiny_mistral, tiny_neox, tiny_phi3, tiny_qwen2
 from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel
 
 from harness.errors import HarnessLookupError, HarnessValueError, UnsupportedModelError
+from harness.layouts import GPT2Layout, GPTNeoXLayout, LlamaLayout, Phi3Layout, layout_for
 from harness.sites import (
     SITE_KINDS,
     SOURCE_DEPTH,
-    LlamaLayout,
     Site,
     check_architecture,
     hooked_tensor,
-    layout_for,
     map_layer,
     parse_site,
     with_replaced,
 )
 
 BUILDERS = {"mistral": tiny_mistral, "llama": tiny_llama_gqa, "qwen2": tiny_qwen2}
+FUSED = {"gpt2": tiny_gpt2, "gpt_neox": tiny_neox, "phi3": tiny_phi3}
 
 
 @functools.lru_cache(maxsize=None)
 def model(name: str):
     return BUILDERS[name]()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def fused_model(name: str):
+    return FUSED[name]()[0]
 
 
 # ---------------------------------------------------------------- names
@@ -128,15 +133,22 @@ def test_supported_configs_pass(name: str) -> None:
     check_architecture(AutoConfig.for_model(name))
 
 
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "phi3"])
+def test_fused_families_with_an_adapter_pass(name: str) -> None:
+    check_architecture({"model_type": name})
+    check_architecture(AutoConfig.for_model(name))
+
+
 @pytest.mark.parametrize(
     "config, fused",
     [
-        ({"model_type": "phi3", "hidden_size": 3072}, "qkv_proj"),
-        ({"model_type": "gpt_neox", "hidden_size": 512}, "query_key_value"),
-        ({"model_type": "gpt2", "n_embd": 768}, "c_attn"),
+        ({"model_type": "falcon", "hidden_size": 4544}, "query_key_value"),
+        ({"model_type": "bloom", "hidden_size": 1024}, "query_key_value"),
+        ({"model_type": "gpt_bigcode", "n_embd": 768}, "c_attn"),
+        ({"model_type": "mpt", "d_model": 768}, "Wqkv"),
     ],
 )
-def test_fused_qkv_configs_are_refused_before_loading(config: dict, fused: str) -> None:
+def test_other_fused_qkv_configs_are_refused_before_loading(config: dict, fused: str) -> None:
     # Only the config.json dict is given: no weights exist at all.
     with pytest.raises(UnsupportedModelError) as err:
         check_architecture(config)
@@ -144,8 +156,12 @@ def test_fused_qkv_configs_are_refused_before_loading(config: dict, fused: str) 
     assert "\n" not in message
     assert repr(config["model_type"]) in message and "fused QKV" in message and fused in message
     assert "mistral" in message and "llama" in message and "qwen2" in message
-    with pytest.raises(UnsupportedModelError, match="fused QKV"):
-        check_architecture(AutoConfig.for_model(config["model_type"]))
+    assert "gpt2, gpt_neox, phi3" in message
+
+
+def test_gpt2_with_cross_attention_is_refused() -> None:
+    with pytest.raises(UnsupportedModelError, match="'gpt2' with add_cross_attention"):
+        check_architecture({"model_type": "gpt2", "add_cross_attention": True})
 
 
 @pytest.mark.parametrize("config", [{"model_type": "bert"}, {}, {"model_type": None}])
@@ -154,12 +170,17 @@ def test_other_configs_are_refused(config: dict) -> None:
         check_architecture(config)
 
 
-def test_layout_for_refuses_a_fused_qkv_model() -> None:
+def test_a_layout_refuses_a_model_of_another_family() -> None:
     config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=32)
-    with pytest.raises(UnsupportedModelError, match="'gpt2'.*fused QKV"):
-        layout_for(GPT2LMHeadModel(config))
     with pytest.raises(UnsupportedModelError, match="model.model.layers"):
-        LlamaLayout(GPT2LMHeadModel(config))  # the structural check alone also refuses it
+        LlamaLayout(GPT2LMHeadModel(config))  # the structural check refuses it
+    with pytest.raises(UnsupportedModelError, match=r"no model.gpt_neox.layers .*GPT-NeoX"):
+        GPTNeoXLayout(GPT2LMHeadModel(config))
+    with pytest.raises(UnsupportedModelError, match=r"lacks self_attn.qkv_proj for the Phi-3 layout"):
+        Phi3Layout(model("llama"))
+    with pytest.raises(UnsupportedModelError, match="lacks self_attn.v_proj for the Llama-family"):
+        LlamaLayout(fused_model("phi3"))  # a fused model does not pass as Llama
+    assert isinstance(layout_for(GPT2LMHeadModel(config)), GPT2Layout)
 
 
 # ---------------------------------------------------------------- the layout adapter
@@ -302,3 +323,160 @@ def test_hook_helpers_on_both_call_conventions() -> None:
         hooked_tensor("cache", (), {}, None)
     with pytest.raises(HarnessLookupError, match="Did you mean 'output'"):
         with_replaced("outptu", (), {}, h, other)
+
+
+# ---------------------------------------------------------------- fused-QKV layouts
+
+
+def _fused_parts(name: str, m):
+    """(decoder blocks, layer-input norm of block, V weight (out, in), V bias or None), computed
+    here from the library's own modules, independently of harness.sites.FusedPart."""
+    cfg = m.config
+    if name == "gpt2":
+        d = cfg.n_embd
+        # Conv1D: y = x @ W + b with W (d, 3d); v is the last third of the outputs.
+        return (m.transformer.h, lambda blk: blk.ln_1,
+                lambda blk: (blk.attn.c_attn.weight[:, 2 * d :].T, blk.attn.c_attn.bias[2 * d :]))
+    if name == "gpt_neox":
+        heads, hd = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+
+        def neox(blk):
+            # Rows laid out per head: head h owns rows [3 hd h, 3 hd (h + 1)) as [q_h | k_h | v_h].
+            lin = blk.attention.query_key_value
+            w = lin.weight.view(heads, 3 * hd, -1)[:, 2 * hd :].reshape(heads * hd, -1)
+            return w, lin.bias.view(heads, 3 * hd)[:, 2 * hd :].reshape(-1)
+
+        return m.gpt_neox.layers, lambda blk: blk.input_layernorm, neox
+    heads, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    return (m.model.layers, lambda blk: blk.input_layernorm,
+            lambda blk: (blk.self_attn.qkv_proj.weight[(heads + kv) * hd :], None))
+
+
+def _scale_v(name: str, blk, factor: float) -> None:
+    """Scale, in place, the parameters of ``blk``'s fused projection that produce V (views only)."""
+    if name == "gpt2":
+        d = blk.attn.c_attn.weight.shape[0]
+        blk.attn.c_attn.weight[:, 2 * d :] *= factor
+        blk.attn.c_attn.bias[2 * d :] *= factor
+    elif name == "gpt_neox":
+        lin = blk.attention.query_key_value
+        heads = blk.attention.config.num_attention_heads
+        hd = lin.weight.shape[0] // (3 * heads)
+        lin.weight.view(heads, 3 * hd, -1)[:, 2 * hd :] *= factor
+        lin.bias.view(heads, 3 * hd)[:, 2 * hd :] *= factor
+    else:
+        cfg = blk.self_attn.config
+        hd = cfg.hidden_size // cfg.num_attention_heads
+        blk.self_attn.qkv_proj.weight[(cfg.num_attention_heads + cfg.num_key_value_heads) * hd :] *= factor
+
+
+def _site_capture(m, ids, resolved) -> torch.Tensor:
+    found: list[torch.Tensor] = []
+    if resolved.where == "input":
+        handle = resolved.module.register_forward_pre_hook(
+            lambda mod, args, kwargs: found.append(resolved.tensor(args, kwargs, None).clone()), with_kwargs=True)
+    else:
+        handle = resolved.module.register_forward_hook(
+            lambda mod, args, out: found.append(resolved.tensor(args, {}, out).clone()))
+    try:
+        with torch.no_grad():
+            m(ids)
+    finally:
+        handle.remove()
+    return found[0]
+
+
+def _site_replacing(m, ids, resolved, fn) -> torch.Tensor:
+    def hook(mod, args, out):
+        return resolved.replaced(args, {}, out, fn(resolved.tensor(args, {}, out)))
+
+    handle = resolved.module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return m(ids).logits
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_fused_layout_resolves_modules(name: str) -> None:
+    m = fused_model(name)
+    layout = layout_for(m)
+    blocks, _, _ = _fused_parts(name, m)
+    kinds = {"gpt2": (GPT2Layout, 4, "absolute"), "gpt_neox": (GPTNeoXLayout, 4, "rotary"),
+             "phi3": (Phi3Layout, 2, "rotary")}
+    cls, kv_heads, positions = kinds[name]
+    assert type(layout) is cls and layout.n_layers == 4
+    assert (layout.num_kv_heads, layout.head_dim, layout.positions) == (kv_heads, 16, positions)
+    expected_rotary = {"gpt2": lambda: None, "gpt_neox": lambda: m.gpt_neox.rotary_emb,
+                       "phi3": lambda: m.model.rotary_emb}[name]()
+    assert layout.rotary_emb is expected_rotary
+    block = blocks[2]
+    attn = {"gpt2": "attn", "gpt_neox": "attention", "phi3": "self_attn"}[name]
+    out_proj = {"gpt2": "c_proj", "gpt_neox": "dense", "phi3": "o_proj"}[name]
+    fused = {"gpt2": "c_attn", "gpt_neox": "query_key_value", "phi3": "qkv_proj"}[name]
+    direct = layout_for(m, source_depth=4)
+    expected = {
+        "v_proj": (getattr(getattr(block, attn), fused), "output"),
+        "attn_out": (getattr(getattr(block, attn), out_proj), "output"),
+        "mlp_out": (block.mlp, "output"),
+        "resid_post": (block, "output"),
+        "resid_pre": (block, "input"),
+        "kv": (None, "cache"),
+    }
+    for kind, (module, where) in expected.items():
+        r = direct.resolve(Site(kind, 2))
+        assert (r.module, r.where, r.layer) == (module, where, 2)
+        assert (r.part is not None) == (kind == "v_proj")
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
+@pytest.mark.parametrize("layer", [0, 2])
+def test_fused_v_proj_is_the_unfused_value_projection(name: str, layer: int) -> None:
+    """The v_proj site equals the layer input's norm times the V part of the fused weight
+    (plus bias), and, head by head, the values the model cached for that layer."""
+    m = fused_model(name)
+    layout = layout_for(m, source_depth=4)
+    blocks, norm, v_weight = _fused_parts(name, m)
+    ids = random_prompt(9, 1)
+    with torch.no_grad():
+        out = m(ids, output_hidden_states=True, use_cache=True)
+        block = blocks[layer]
+        w, b = v_weight(block)
+        expected = torch.nn.functional.linear(norm(block)(out.hidden_states[layer]), w, b)
+    got = _site_capture(m, ids, layout.resolve(Site("v_proj", layer)))
+    assert got.shape == (1, 9, layout.num_kv_heads * layout.head_dim)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    from harness.kv import snapshot
+    from harness.compat import output_cache
+
+    cached = snapshot(output_cache(out)).values[layer]  # (1, kv_heads, seq, head_dim)
+    per_head = got.view(1, 9, layout.num_kv_heads, layout.head_dim).transpose(1, 2)
+    torch.testing.assert_close(per_head, cached, rtol=1e-5, atol=1e-5)
+    other = {kind: _site_capture(m, ids, layout.resolve(Site(kind, layer)))
+             for kind in ("resid_pre", "resid_post", "attn_out", "mlp_out")}
+    torch.testing.assert_close(other["resid_pre"], out.hidden_states[layer], rtol=0, atol=0)
+    torch.testing.assert_close(other["resid_post"], out.hidden_states[layer + 1], rtol=0, atol=0)
+    recomposed = other["resid_pre"] + other["attn_out"] + other["mlp_out"]
+    torch.testing.assert_close(recomposed, other["resid_post"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_replacing_fused_v_proj_acts_as_replacing_the_value_projection(name: str) -> None:
+    """Tripling the v_proj site must give the logits of the same model with the V rows of the
+    fused weight and bias tripled (q and k untouched), and the identity must change nothing."""
+    m = fused_model(name)
+    layout = layout_for(m, source_depth=4)
+    ids = random_prompt(9, 2)
+    resolved = layout.resolve(Site("v_proj", 1))
+    with torch.no_grad():
+        plain = m(ids).logits
+    torch.testing.assert_close(_site_replacing(m, ids, resolved, lambda x: x.clone()), plain, rtol=0, atol=0)
+    patched = _site_replacing(m, ids, resolved, lambda x: x * 3.0)
+    scaled = FUSED[name]()[0]  # same seed, same weights
+    blocks, _, _ = _fused_parts(name, scaled)
+    with torch.no_grad():
+        _scale_v(name, blocks[1], 3.0)
+        reference = scaled(ids).logits
+    assert (reference - plain).abs().max() > 1e-3
+    torch.testing.assert_close(patched, reference, rtol=1e-5, atol=1e-5)

@@ -12,10 +12,16 @@ from typing import Any
 
 import torch
 from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -44,8 +50,8 @@ _COMMON: dict[str, Any] = dict(
 )
 
 
-def _build(config_cls: type, model_cls: type, seed: int, **overrides: Any) -> tuple[Any, Any]:
-    config = config_cls(**{**_COMMON, **overrides})
+def _build(config_cls: type, model_cls: type, seed: int, _common: bool = True, **overrides: Any) -> tuple[Any, Any]:
+    config = config_cls(**({**_COMMON, **overrides} if _common else overrides))
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32).eval()
     return model, config
@@ -64,6 +70,36 @@ def tiny_llama_gqa(seed: int = 0, **overrides: Any) -> tuple[LlamaForCausalLM, L
 def tiny_qwen2(seed: int = 0, **overrides: Any) -> tuple[Qwen2ForCausalLM, Qwen2Config]:
     """A 4-layer Qwen2 (biased QKV projections) with grouped-query attention."""
     return _build(Qwen2Config, Qwen2ForCausalLM, seed, **overrides)
+
+
+# Fused-QKV families, each in its own config vocabulary (GPT-2 has no KV heads of its own;
+# a stray num_key_value_heads would only confuse). 4 heads of 16 dims, so a partial rotary
+# embedding still rotates two frequency pairs.
+_FUSED_COMMON: dict[str, Any] = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=2, pad_token_id=0,
+                                     initializer_range=0.1, tie_word_embeddings=False,
+                                     attn_implementation="eager")
+
+
+def tiny_gpt2(seed: int = 0, **overrides: Any) -> tuple[GPT2LMHeadModel, GPT2Config]:
+    """A 4-layer GPT-2: fused ``c_attn`` (Conv1D), absolute learned positions."""
+    sizes = dict(n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=128)
+    return _build(GPT2Config, GPT2LMHeadModel, seed, **{**_FUSED_COMMON, **sizes, **overrides}, _common=False)
+
+
+def tiny_neox(seed: int = 0, **overrides: Any) -> tuple[GPTNeoXForCausalLM, GPTNeoXConfig]:
+    """A 4-layer GPT-NeoX: per-head fused ``query_key_value``, rotary on a quarter of each head."""
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 max_position_embeddings=128, rotary_pct=0.25, use_parallel_residual=True)
+    return _build(GPTNeoXConfig, GPTNeoXForCausalLM, seed, **{**_FUSED_COMMON, **sizes, **overrides},
+                  _common=False)
+
+
+def tiny_phi3(seed: int = 0, **overrides: Any) -> tuple[Phi3ForCausalLM, Phi3Config]:
+    """A 4-layer Phi-3: fused ``qkv_proj`` with grouped-query attention (4 heads, 2 KV heads),
+    rotary on three quarters of each head (``partial_rotary_factor``, as Phi-4-mini)."""
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128, partial_rotary_factor=0.75)
+    return _build(Phi3Config, Phi3ForCausalLM, seed, **{**_FUSED_COMMON, **sizes, **overrides}, _common=False)
 
 
 # --------------------------------------------------------------------------- subjects
@@ -92,7 +128,7 @@ def toy_tokenizer(bos: bool = True) -> Any:
 def tiny_subject(builder: Any, *, bos: bool = True, seed: int = 0, **overrides: Any) -> Any:
     """A :class:`harness.model.Subject` around a tiny random model with the toy's vocabulary."""
     from harness.model import Subject
-    from harness.sites import layout_for
+    from harness.layouts import layout_for
 
     tokenizer = toy_tokenizer(bos)
     ids = dict(TOY_IDS, bos_token_id=TOY_IDS["bos_token_id"] if bos else None)
@@ -100,6 +136,16 @@ def tiny_subject(builder: Any, *, bos: bool = True, seed: int = 0, **overrides: 
     return Subject(name=f"tiny-{builder.__name__}", model=model, tokenizer=tokenizer,
                    layout=layout_for(model), weights_hash="0" * 64, tokenizer_hash="0" * 64,
                    device="cpu", dtype="float32")
+
+
+def save_tiny(builder: Any, folder: Any, **overrides: Any) -> Any:
+    """A tiny random model speaking the toy's vocabulary, saved with the toy's tokenizer as a
+    user's ``--model`` folder (safetensors). Returns the folder."""
+    tokenizer = toy_tokenizer(True)
+    model, _ = builder(vocab_size=len(tokenizer), **{**TOY_IDS, **overrides})
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 #: Llama 3's RoPE frequency scaling (rope_type "llama3"), on a short original context so it acts.
