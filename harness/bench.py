@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from harness.cli import one_line_errors
 from harness.generate import ORIGINAL, Runner
 from harness.records import Intervention
 from harness.model import load_subject
@@ -21,6 +22,7 @@ from harness.prompts import default_pairs
 KV_ONLY = Intervention("kv-only", kv_layers="all")
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the toy)")
