@@ -46,27 +46,60 @@ class Terminated(KeyboardInterrupt):
 
 
 class TerminalLine:
-    """Our one line between pytest's own output: rewritten in place on a terminal, appended in a log."""
+    """Our line between pytest's own output: rewritten in place on a terminal, appended in a log.
 
-    def __init__(self, reporter: Any) -> None:
+    pytest captures the output of a running test, so the line is written with capture
+    suspended (as pytest's own live logging does). While our line is open, pytest's
+    next result letter would land at its end: :meth:`close` restores the test file's
+    prefix first (or ends the line, under xdist and -v).
+    """
+
+    def __init__(self, reporter: Any, capture: Any = None) -> None:
         self.tr = reporter
+        self.capture = capture
         self.live = bool(reporter.isatty())
+        self.open = False
+        self.saved: Any = None  # pytest's current line prefix when we took the line over
 
-    def _ours(self) -> bool:
-        # pytest sets currentfspath whenever it writes a result; None with text on the line is ours.
-        return self.tr.currentfspath is None and self.tr._tw.width_of_current_line > 0
+    @contextmanager
+    def _uncaptured(self) -> Iterator[None]:
+        if self.capture is None:
+            yield
+        else:
+            with self.capture.global_and_fixture_disabled():
+                yield
 
     def show(self, text: str) -> None:
         tr = self.tr
+        width = tr._tw.fullwidth
         if self.live:
-            text = text[: max(tr._tw.fullwidth - 1, 20)]
-        if self._ours():
-            tr.write(("\r" + text + " " * max(tr._tw.fullwidth - len(text) - 1, 0)) if self.live else "\n" + text)
-        else:
-            tr.ensure_newline()
-            tr.write(("\n" if tr._tw.width_of_current_line else "") + text)
-        tr.currentfspath = None  # pytest's next result starts a fresh line below ours
-        tr.flush()
+            text = text[: max(width - 1, 20)]
+        with self._uncaptured():
+            if self.open:
+                tr.write("\r" + text + " " * max(width - len(text) - 1, 0) if self.live else "\n" + text)
+            else:
+                self.saved = tr.currentfspath
+                tr.ensure_newline()
+                tr.write(("\n" if tr._tw.width_of_current_line else "") + text)
+                self.open = True
+            tr.currentfspath = None
+            tr.flush()
+
+    def close(self) -> None:
+        """Give the line back to pytest: the test file's prefix again, or a fresh line."""
+        if not self.open:
+            return
+        tr = self.tr
+        with self._uncaptured():
+            if isinstance(self.saved, Path):  # pytest was writing letters after "path/to/test.py "
+                tr.write("\n" + os.path.relpath(self.saved, tr.startpath) + " ")
+                tr.currentfspath = self.saved
+            elif not isinstance(self.saved, str):  # xdist: the next letter or line starts afresh
+                tr.write("\n")
+                tr.currentfspath = None
+            # -v (a str prefix): pytest itself starts a new line and writes the test's name again.
+            tr.flush()
+        self.open = False
 
 
 class Collector:
@@ -109,7 +142,7 @@ class Collector:
         self._install_signals()
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
-            self.line = TerminalLine(tr)
+            self.line = TerminalLine(tr, self.config.pluginmanager.get_plugin("capturemanager"))
             self._progress = progress.install(progress.Reporter(self.line, delay=self.delay, interval=LOG_INTERVAL))
 
     def _install_signals(self) -> None:
@@ -167,8 +200,16 @@ class Collector:
 
         junitxml reads the properties of the teardown report, so the small ones go on it
         too. A claim test that failed without a row (an error, a crashed worker) is
-        remembered, and the report is marked incomplete.
+        remembered, and the report is marked incomplete. Runs before the terminal
+        reporter's hook, so a progress line is closed before pytest writes the result.
         """
+        try:
+            self._take_rows(report)
+        finally:
+            if self.line is not None and report.when == "call":
+                self.line.close()
+
+    def _take_rows(self, report: pytest.TestReport) -> None:
         payloads = [json.loads(v) for k, v in report.user_properties if k == "harness"]
         if payloads:
             report.user_properties = [(k, v) for k, v in report.user_properties if k != "harness"]

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Progress", "Reporter", "Sink", "Work", "claim", "current", "install", "format_line"]
+__all__ = ["Progress", "Reporter", "Sink", "Work", "claim", "current", "install", "format_line", "token_ticker"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,26 @@ def claim(label: str) -> Iterator[_Holder]:
         yield holder
     finally:
         holder.work = bar.end_claim()
+
+
+def token_ticker() -> Any:
+    """A ``transformers`` stopping criterion that never stops and reports each decoding step.
+
+    Pass it to ``model.generate(..., stopping_criteria=StoppingCriteriaList([token_ticker()]))``:
+    after every step it calls ``current().advance(tokens=rows)``, so a long generation
+    shows tokens per second and an ETA while it runs. It reads only the batch's shape
+    (no device synchronisation). Imports torch and transformers when called, not before.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Ticker(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            rows = int(input_ids.shape[0])
+            current().advance(tokens=rows)
+            return torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+
+    return _Ticker()
 
 
 class Sink(Protocol):
@@ -204,6 +224,8 @@ class Reporter(Progress):
         now = self.clock()
         if now - self.claim_start < self.delay:
             return
+        if not self.sink.live and not (self.arm_tokens or self.arm_rows):
+            return  # a log line says how fast and how long: wait until there is a pace to tell
         gap = self.refresh if self.sink.live else self.interval
         if self.last_shown is not None and now - self.last_shown < gap:
             return
