@@ -245,6 +245,7 @@ class Collector:
         self.line.show(f"{where}{row.claim} [{row.protocol}]: {row.verdict} after {cost.describe()}")
 
     # -- the end -----------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)  # before xdist waits (up to 10 s) for its workers to stop
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
         if self.writer is None and not (interrupted and self.selected):

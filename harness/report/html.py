@@ -3,7 +3,8 @@
 Inline CSS and JavaScript, the PNG plots inlined as base64, no request to any
 network. The claims table sorts by any column (click its header; ``#sort=estimate``
 or ``#sort=-estimate`` in the address sorts on load); each claim cell's fields and
-samples are folded in a ``<details>``. The text is the same as ``summary.md``'s
+samples are folded in a ``<details>``, opened by its link in the table (or
+``#cell-<claim>-<protocol>`` in the address). The text is the same as ``summary.md``'s
 (:mod:`harness.report.explain`, :mod:`harness.report.facts`); its small markdown
 (paragraphs, lists, code, bold, italics) is converted here.
 """
@@ -71,6 +72,9 @@ _JS = """
  function fold(open){for(var n=0;n<all.length;n++) all[n].open=open;}
  var e=document.getElementById('expand'), c=document.getElementById('collapse');
  if(e) e.onclick=function(){fold(true);}; if(c) c.onclick=function(){fold(false);};
+ function openHash(){var d=document.getElementById(decodeURIComponent(location.hash.slice(1)));
+  if(d&&d.tagName==='DETAILS') d.open=true;}
+ window.addEventListener('hashchange',openHash); openHash();
 })();
 """
 
