@@ -166,20 +166,17 @@ class Collector:
 
     @contextmanager
     def _signals_deferred(self) -> Iterator[None]:
-        """While the report is written, a second SIGINT or SIGTERM waits: it would leave half a report."""
+        """While the report is written, a second SIGINT or SIGTERM is ignored: it would leave half a
+        report, and the run is stopping anyway."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        late: list[int] = []
-        saved = {s: signal.signal(s, lambda signum, frame: late.append(signum))
-                 for s in (signal.SIGINT, signal.SIGTERM)}
+        saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
-            if late:
-                os.kill(os.getpid(), late[0])
 
     # -- which claim cells this run meant to run -----------------------------------
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -216,8 +213,8 @@ class Collector:
         if report.when == "teardown" and report.nodeid in self._junit:
             report.user_properties += self._junit.pop(report.nodeid)
         if report.when != "call":  # setup and teardown reports repeat the call's properties
-            return
-        if not payloads:
+            payloads = []
+        if not payloads:  # includes a crashed worker's report, whose phase is not "call"
             if report.failed and _is_claim(report.nodeid):
                 self.missing.append(report.nodeid)
             return
@@ -280,7 +277,9 @@ class Collector:
             with open(path, "a", encoding="utf-8") as handle:
                 handle.write("\n".join(text))
         except OSError as exc:  # the report itself is written; a CI page is a convenience
-            self.config.issue_config_time_warning(pytest.PytestWarning(f"GITHUB_STEP_SUMMARY: {exc}"), 2)
+            tr = self.config.pluginmanager.get_plugin("terminalreporter")
+            if tr is not None:
+                tr.write_line(f"GITHUB_STEP_SUMMARY: could not append the claims table: {exc}")
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> Any:

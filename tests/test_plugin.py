@@ -199,7 +199,7 @@ def test_the_run_ends_with_the_claims_table_and_a_line_counting_verdicts(pyteste
     out = result.stdout.str().rstrip().splitlines()
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert out[-1] == ("claims: 2 supported, 0 refuted, 0 inconclusive, 0 invalid; ledger: 1 unexpected: "
-                       "kv-only-transfers [corrected] supported, expected refuted")
+                       "kv-only-transfers [corrected] supported (expected refuted)")
     # pytest's failure lines come before the table: the table and the count end the run.
     assert out.index(next(x for x in out if x.startswith("FAILED"))) < out.index(
         next(x for x in out if x.startswith("claim ") and " why" in x))

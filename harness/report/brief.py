@@ -108,7 +108,7 @@ def ledger_text(rows: Sequence[ClaimRow], covered: bool | None = None) -> str:
         return "ledger: nothing to compare"
     if not unexpected:
         return "ledger: all as expected"
-    named = ", ".join(f"{r.claim} [{r.protocol}] {r.verdict}, expected {r.expected or 'supported'}"
+    named = ", ".join(f"{r.claim} [{r.protocol}] {r.verdict} (expected {r.expected or 'supported'})"
                       for r in unexpected[:_NAMED])
     more = f" and {len(unexpected) - _NAMED} more" if len(unexpected) > _NAMED else ""
     why = " (no entries for these settings: a claim without one must be supported)" if covered is False else ""
