@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from typing import Any
 
 import torch
 
-from harness.errors import HarnessError
+from harness.cli import one_line_errors
 from harness.generate import CORRECTED, Runner
 from harness.prompts import default_pairs, spread
 from harness.records import Intervention
@@ -76,6 +75,7 @@ def _bare(runner: Runner, pairs: list, seeds: int, tokens: int) -> None:
                               max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=tok.pad_token_id)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.bench",
                                      description="Time the runner: pairs one at a time vs batched, and the "
@@ -83,27 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the toy)")
     parser.add_argument("--random-config", choices=("mistral-7b",), default=None,
                         help="a random-weight model of this shape, built on the device (timing only)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--pairs", type=int, default=12)
-    parser.add_argument("--seeds", type=int, default=6)
-    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="weights dtype (default: float32)")
+    parser.add_argument("--pairs", type=int, default=12, help="pairs spread over the bank (default 12)")
+    parser.add_argument("--seeds", type=int, default=6, help="seeds per pair, one row each (default 6)")
+    parser.add_argument("--tokens", type=int, default=24, help="tokens generated per row (default 24)")
     parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     parser.add_argument("--skip-single", action="store_true",
                         help="skip the one-pair-at-a-time run (long at the full profile's size)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        if args.random_config:
-            subject = _random_subject(args.device, args.dtype)
-        else:
-            from harness.model import load_subject
+    if args.random_config:
+        subject = _random_subject(args.device, args.dtype)
+    else:
+        from harness.model import load_subject
 
-            subject = load_subject(args.model, device=args.device, dtype=args.dtype)
-    except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        subject = load_subject(args.model, device=args.device, dtype=args.dtype)
     pairs = spread(default_pairs(), args.pairs)
     seeds = {p.id: p.seeds(args.seeds) for p in pairs}
     protocol = CORRECTED.with_(gen_tokens=args.tokens, stop_at_eos=False)

@@ -50,7 +50,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from transformers import StoppingCriteriaList
 
+from harness import progress
 from harness.errors import HarnessLookupError, HarnessValueError
 from harness.kv import cache_kwarg, check_fits_window, prefill, splice, stack_left_padded, unpad
 from harness.patches import PatchCount, PatchSpec, RowGroup, install, norm_matched_random, record, source_site
@@ -166,14 +168,21 @@ class Runner(Scoring):
         todo = [p for p in dict.fromkeys(pairs) if keys[p.id] not in self._runs]
         longest = max((self.ids(p.baseline).shape[1] + 1 for p in todo), default=1) + protocol.gen_tokens
         limit = batch_rows(self.model, longest, self.max_batch)
-        chunk: list[Any] = []
+        chunks: list[list[Any]] = []
         for pair in todo:
-            if chunk and sum(len(seeds[p.id]) for p in chunk) + len(seeds[pair.id]) > limit:
-                self._run_chunk(chunk, arm, protocol, seeds, keys)
-                chunk = []
-            chunk.append(pair)
-        if chunk:
-            self._run_chunk(chunk, arm, protocol, seeds, keys)
+            if not chunks or sum(len(seeds[p.id]) for p in chunks[-1]) + len(seeds[pair.id]) > limit:
+                chunks.append([])
+            chunks[-1].append(pair)
+        if chunks:
+            bar = progress.current()
+            bar.start(arm if isinstance(arm, str) else arm.name,
+                      rows_total=sum(len(seeds[p.id]) for p in todo), tokens_per_row=protocol.gen_tokens)
+            try:
+                for chunk in chunks:
+                    self._run_chunk(chunk, arm, protocol, seeds, keys)
+                    bar.advance(rows=sum(len(seeds[p.id]) for p in chunk))
+            finally:
+                bar.done()
         return [self._runs[keys[p.id]] for p in pairs]
 
     def _run_chunk(self, pairs: Sequence[Any], arm: str | Intervention, protocol: Protocol,
@@ -341,6 +350,8 @@ class Runner(Scoring):
             kwargs[cache_kwarg(self.model)] = snap.to_cache()
         if not protocol.greedy:
             kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k, protocol.gen_tokens)]
+        # Counts decoding steps for the progress line; never stops generation, no device sync.
+        kwargs["stopping_criteria"] = StoppingCriteriaList([progress.token_ticker()])
         self.calls += 1
         self.rows += len(seeds)
         with torch.no_grad():

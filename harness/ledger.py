@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError, HarnessLookupError, HarnessValueError
+from harness.cli import one_line_errors
+from harness.errors import HarnessLookupError, HarnessValueError
 
 __all__ = ["Entry", "Ledger", "Outcome", "judge", "DEFAULT_LEDGER", "main"]
 
@@ -171,6 +172,7 @@ def update(report_dir: Path, ledger_path: Path) -> tuple[int, int]:
     return len(entries), others
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harness.ledger",
@@ -182,11 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("report_dir", type=Path, metavar="REPORT_DIR")
     up.add_argument("--ledger", type=Path, default=DEFAULT_LEDGER)
     args = parser.parse_args(argv)
-    try:
-        written, others = update(args.report_dir, args.ledger)
-    except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    written, others = update(args.report_dir, args.ledger)
     print(f"{args.ledger}: {written} verdicts from {_report_path(args.report_dir)}; "
           f"{others} entries of other settings left as they were")
     return 0

@@ -52,7 +52,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where the run's report is written (default: reports/<run-id>)")
     group.addoption("--shard", default=None, metavar="I/N",
                     help="run only slice I of N (1 <= I <= N) of the claim cells, for several machines; "
-                         "merge the reports with `python -m harness.report merge`")
+                         "merge the reports with: python -m harness.report merge")
     group.addoption("--ledger", default=None, metavar="FILE",
                     help="known verdicts to compare with (default: claims/ledger.toml under the rootdir)")
     group.addoption("--allow-pickle", action="store_true", default=False,
@@ -61,6 +61,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="allow the model's own Python code from the hub to run")
     group.addoption("--allow-long", action="store_true", default=False,
                     help="allow --gen-tokens above 1024 (every arm, pair and seed pays for it)")
+    parser.addini("harness_progress_after", type="string", default="",
+                  help="seconds a claim runs before its progress is shown (default: 10, or 60 under -q)")
     parser.addini("harness_family_size", type="string", default="",
                   help="number of claim cells in the claims suite: the family whose chance of any false "
                        "decisive verdict is held at 5% (default: the claim cells collected)")
@@ -107,6 +109,7 @@ class HarnessSession:
         self._evaluator: Any = None
         self._ledger: Any = None
         self._pairs: list[Any] | None = None
+        self.previous_progress: Any = None
 
     def _check_inputs(self) -> None:
         """Refuse what cannot work now, in one line, before any weights load."""
@@ -201,7 +204,7 @@ class HarnessSession:
         o = self.options
         return {
             "model": o.model or "toy", "model_identity": subject.identity,
-            "model_path": subject.path or subject.name, "weights_sha256": subject.weights_hash,
+            "model_path": _shown_path(subject.path) or subject.name, "weights_sha256": subject.weights_hash,
             "tokenizer_sha256": subject.tokenizer_hash, "bos": subject.tokenizer.bos_token_id is not None,
             "n_layers": subject.n_layers, "device": subject.device, "dtype": subject.dtype,
             "torch": torch.__version__, "transformers": transformers.__version__,
@@ -234,6 +237,19 @@ _SESSION = pytest.StashKey[HarnessSession]()
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+def _shown_path(path: str | None) -> str | None:
+    """A model folder as a report shows it: the embedded toy relative to the package, so a
+    committed report names no machine's folders."""
+    if not path:
+        return None
+    from harness.toy import TOY_MODEL_DIR
+
+    try:
+        return "harness/" + str(Path(path).resolve().relative_to(TOY_MODEL_DIR.parent.parent.resolve()))
+    except ValueError:
+        return path
 
 
 def _family_ini(config: pytest.Config) -> int:
@@ -277,6 +293,18 @@ def pytest_configure(config: pytest.Config) -> None:
         from harness.collector import Collector
 
         config.pluginmanager.register(Collector(config, session.options), "harness-collector")
+    else:  # a worker's output is not seen: it only counts each claim's work for the controller
+        from harness.progress import Reporter, install
+
+        session.previous_progress = install(Reporter(sink=None))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(_SESSION, None)
+    if session is not None and session.previous_progress is not None:
+        from harness.progress import install
+
+        install(session.previous_progress)
 
 
 def harness_session(config: pytest.Config) -> HarnessSession:
@@ -312,14 +340,16 @@ def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject:
 
     An exception inside the evaluation is an error of the test, never an expected failure.
     """
+    from harness import progress
     from harness.ledger import judge
 
     session = harness_session(pytestconfig)
 
     def _verify(claim: Any, protocol: str = "corrected") -> Any:
-        evaluation = session.evaluator().evaluate(
-            claim, pairs, session.protocol(protocol), n_seeds=session.options.seeds,
-            family_size=session.family_size)
+        with progress.claim(f"{claim.id} [{protocol}]") as cost:
+            evaluation = session.evaluator().evaluate(
+                claim, pairs, session.protocol(protocol), n_seeds=session.options.seeds,
+                family_size=session.family_size)
         row = evaluation.row
         settings = session.settings(subject)
         ledger = session.ledger()
@@ -329,7 +359,8 @@ def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject:
                                   expected=entry.verdict if entry else "supported")
         payload = {"claim": row.to_json(), "samples": [s.to_json() for s in evaluation.samples],
                    "provenance": session.provenance(subject),
-                   "ledger_covers": ledger.covers(subject.identity, settings)}
+                   "ledger_covers": ledger.covers(subject.identity, settings),
+                   "work": cost.work.as_dict() if cost.work else None}
         request.node.user_properties.append(("harness", json.dumps(payload, default=str)))
         label = f"{row.claim}[{row.protocol}]"
         if outcome.kind == "xfail":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -128,3 +129,105 @@ def test_the_family_size_in_pytest_ini_is_the_number_of_claim_cells():
                           "claims"], capture_output=True, text=True, cwd=root)
     cells = [line for line in out.stdout.splitlines() if "::" in line]
     assert len(cells) == int(ini["pytest"]["harness_family_size"]), out.stdout[-500:]
+
+
+CLAIM_FILE = """
+import pytest
+from harness.claims import Claim, Efficiency, Source
+from harness.records import Intervention
+
+CLAIM = Claim(id="kv-only-transfers", statement="KV alone transfers.", source=Source("test", "quote"),
+              measure=Efficiency(Intervention("kv-only", kv_layers="all")), threshold=-100.0, direction="above")
+
+@pytest.mark.parametrize("protocol", ["original", "corrected"])
+def test_claim(verify, protocol):
+    verify(CLAIM, protocol)
+"""
+SMALL = ("-p", "no:cacheprovider", "--pairs", "2", "--seeds", "2", "--gen-tokens", "5")
+
+
+def _claims(pytester):
+    (pytester.path / "claims").mkdir(exist_ok=True)
+    (pytester.path / "claims" / "test_claims.py").write_text(CLAIM_FILE)
+
+
+def test_the_run_ends_with_the_claims_table_and_a_line_counting_verdicts(pytester, tmp_path, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    _claims(pytester)
+    summary_page = tmp_path / "step_summary.md"
+    summary_page.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary_page))
+    report = tmp_path / "r"
+    result = pytester.runpytest_subprocess(*SMALL, "--report-dir", str(report), "--junitxml", str(tmp_path / "j.xml"))
+    lines = result.stdout.str().rstrip().splitlines()
+    assert lines[-1] == "claims: 2 supported, 0 refuted, 0 inconclusive, 0 invalid; ledger: all as expected"
+    assert "passed" in lines[-2]  # pytest's own count, just before
+    table = lines.index(next(x for x in lines if x.startswith("claim ") and " why" in x))
+    assert "pairs" in lines[table] and "seeds" in lines[table] and "mapped" in lines[table]
+    assert [x.split()[0] for x in lines[table + 2: table + 4]] == ["kv-only-transfers"] * 2
+    assert "interval wholly above -100" in "\n".join(lines[table:])
+
+    # JUnit XML: the small properties a CI dashboard shows, not the record (that is in the folder).
+    with (report / "claims.csv").open() as handle:
+        rows = {r["protocol"]: r for r in csv.DictReader(handle)}
+    cases = ET.parse(tmp_path / "j.xml").getroot().iter("testcase")
+    seen = 0
+    for case in cases:
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        protocol = case.get("name").split("[")[1].rstrip("]")
+        assert set(props) == {"verdict", "efficiency", "ci_low", "ci_high", "expected", "model"}
+        row = rows[protocol]
+        assert props["verdict"] == row["verdict"] == "supported" and props["model"] == row["model"]
+        assert float(props["efficiency"]) == pytest.approx(float(row["estimate"]))
+        assert float(props["ci_low"]) == pytest.approx(float(row["ci_low"]))
+        seen += 1
+    assert seen == 2
+    assert len((tmp_path / "j.xml").read_text()) < 5000  # no 48 KB blob of JSON per test
+
+    page = summary_page.read_text()
+    assert page.startswith("earlier step\n")  # appended, not replaced
+    assert "## Claims report: toy" in page and "**Verdicts:** 2 supported" in page
+    assert page.count("| kv-only-transfers") == 2 and f"Report folder: `{report}`" in page
+
+    # A ledger that expected another verdict: the closing line names the cell.
+    model, settings = rows["corrected"]["model"], rows["corrected"]["settings"]
+    (pytester.path / "ledger.toml").write_text(
+        f'[[verdict]]\nmodel = "{model}"\nsettings = "{settings}"\nclaim = "kv-only-transfers"\n'
+        'protocol = "corrected"\nverdict = "refuted"\nreason = "r"\nreport = "x"\n')
+    result = pytester.runpytest_subprocess(*SMALL, "--report-dir", str(tmp_path / "r2"), "--ledger", "ledger.toml")
+    out = result.stdout.str().rstrip().splitlines()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert out[-1] == ("claims: 2 supported, 0 refuted, 0 inconclusive, 0 invalid; ledger: 1 unexpected: "
+                       "kv-only-transfers [corrected] supported (expected refuted)")
+    # pytest's failure lines come before the table: the table and the count end the run.
+    assert out.index(next(x for x in out if x.startswith("FAILED"))) < out.index(
+        next(x for x in out if x.startswith("claim ") and " why" in x))
+    assert any("kv-only-transfers" in x and "expected refuted" in x for x in out[:-1])
+
+
+def test_reports_latest_is_left_alone_by_a_run_outside_reports(pytester, tmp_path):
+    _claims(pytester)
+    reports = pytester.path / "reports"
+    (reports / "run-1").mkdir(parents=True)
+    (reports / "latest").symlink_to("run-1")
+    result = pytester.runpytest_subprocess(*SMALL, "--report-dir", str(tmp_path / "elsewhere"))
+    assert (tmp_path / "elsewhere" / "summary.md").exists(), result.stdout.str()
+    assert os.readlink(reports / "latest") == "run-1"
+    pytester.runpytest_subprocess(*SMALL, "--report-dir", str(reports / "run-2"))
+    assert os.readlink(reports / "latest") == "run-2"  # a run under reports/ is the latest
+
+
+def test_every_harness_option_is_in_the_readme_table_and_help_has_no_markup(pytester):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `--"))
+    text = pytester.runpytest("--help").stdout.str()
+    block = text.split("claims harness")[1].split("\n\n")[0]
+    names = re.findall(r"^\s{2}(--[a-z][a-z-]+)", block, re.M)
+    assert len(names) >= 14 and "--model" in names and "--shard" in names
+    missing = [n for n in names if not re.search(rf"`{re.escape(n)}\b", table)]
+    assert not missing, f"options missing from the README's options table: {missing}"
+    assert "`" not in block and ":func:" not in block and ":class:" not in block

@@ -5,6 +5,7 @@ Run folders are built by hand with the real RunWriter (no model is loaded).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -39,10 +40,13 @@ def claim_row(claim: str, protocol: str, efficiency: float = 0.1, low: float = -
         n_pairs=2, n_seeds=0 if kind_rv else 2, verdict=verdict, reason=f"reason for {claim}",
         threshold=threshold, direction=direction, kv_layers="" if kind_rv else "all(4)",
         sites="v_proj@27->L3" if not kind_rv else "v_proj@27->L3;v_proj@5->L1",
-        changed_prefill=12, changed_decode=0, calls_prefill=4, calls_decode=16,
+        changed_prefill=0 if kind_rv else 12, changed_decode=0, calls_prefill=0 if kind_rv else 4,
+        calls_decode=0 if kind_rv else 16, alt_metric="" if kind_rv else "champion_logprob",
+        alt_estimate=efficiency, alt_low=low, alt_high=high, alt_verdict="" if kind_rv else verdict,
         statement=f"Statement of {claim}.", source_file="seeds/finding.txt",
         source_quote=f"quote for {claim}", arms=() if kind_rv else ("baseline", "champion", arm),
-        guards=(f"ok gap_floor: gap fine for {claim}", "FAILED patch_changed: decode changed nothing"),
+        guards=() if kind_rv else (f"ok gap_floor: gap fine for {claim}",
+                                   "FAILED patch_changed: decode changed nothing"),
         model="toy", outcome="xfail", expected=verdict,
     )
 
@@ -135,24 +139,76 @@ def test_table_rows_show_values_and_nan_as_na(run_dir: Path) -> None:
     assert "0.1" in kv and "[-0.1, 0.3]" in kv and "refuted" in kv and "kv all(4); v_proj@27->L3" in kv
 
 
+def _section(md: str, title: str) -> str:
+    return md.split(f"### {title}")[1].split("\n### ")[0].split("\n## ")[0]
+
+
 def test_claim_sections_say_what_why_and_show_samples(run_dir: Path) -> None:
     md = _md(run_dir)
-    section = md.split("### kv-only-fails [original]")[1].split("### ")[0]
+    section = _section(md, "kv-only-fails [original]")
     assert "> Statement of kv-only-fails." in section
     assert '`seeds/finding.txt`: "quote for kv-only-fails"' in section
-    assert "Arms: baseline, champion, kv" in section
+    assert "- Arms: `kv` (against baseline and champion)" in section
     assert "[-0.1, 0.3]" in section and "below 0.2" in section
     assert "**refuted**" in section and "reason for kv-only-fails" in section
     assert "FAILED patch_changed: decode changed nothing" in section
     assert "prefill 4 calls, 12 values changed; decode 16 calls, 0 values changed" in section
-    for arm in ("baseline", "champion", "kv"):
-        block = section.split(f"Sample generations, {arm}:")[1].split("```\n")[0]
-        samples = [line for line in block.splitlines() if " seed " in line]
-        assert 2 <= len(samples) <= 3
-        assert all(line.startswith(("p1 seed 0", "p2 seed 0", "p1 seed 1")) for line in samples)
-    assert LONG_TAIL not in md  # truncated to about 200 characters
+    assert "- Pairs: 2 x 2 seeds" in section
+    # Samples side by side: one row per (pair, seed), a column per arm, the i-th pair's i-th seed.
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert [c.strip() for c in table[0].strip("|").split("|")] == ["pair · seed", "baseline", "champion", "kv"]
+    assert [line.split("|")[1].strip() for line in table[1:]] == ["p1 · seed 0", "p2 · seed 1"]
+    assert "kv p2 seed1 the observer \\| observing `itself` again" in table[2]  # one line, pipe escaped
+    assert LONG_TAIL not in md  # truncated to a line
     assert "…" in section
-    assert "seed1 the observer | observing `itself` again" in section  # one line, backticks fenced
+
+
+def test_an_rv_section_shows_only_the_fields_its_measure_has(run_dir: Path) -> None:
+    section = _section(_md(run_dir), "rv-contraction [original]")
+    assert "R_V difference" in section and "**supported**" in section
+    assert "- Pairs: 2 (prompt pass: no sampling)" in section
+    for absent in ("Arms", " seeds", "seed ", "Patch applications", "Samples", "n/a", "champion_logprob"):
+        assert absent not in section, absent
+
+
+def test_how_to_read_defines_the_terms_from_the_run_and_the_registries(run_dir: Path) -> None:
+    from harness.guards import DEGENERATION_RATIO, ECHO_MARGIN
+    from harness.metrics import METRICS
+
+    md = _md(run_dir)
+    guide = md.split("## How to read this report")[1].split("\n## ")[0]
+    assert md.index("## How to read this report") < md.index("## Claims")
+    assert "(arm − baseline) / (champion − baseline)" in guide and "above 1" in guide
+    for metric in METRICS.values():
+        assert f"`{metric.name}` (floor {metric.floor:g}): {metric.description}" in guide
+    assert f"{DEGENERATION_RATIO:g} x" in guide and f"more than {ECHO_MARGIN:g} more" in guide
+    for word in ("**original**", "**corrected**", "**supported**", "**refuted**", "**inconclusive**",
+                 "**invalid**", "*within*", "**disagrees**", "`docs/statistics.md`"):
+        assert word in guide, word
+    assert "t on pair means" in guide and "at the 95% level" in guide  # from the rows
+    assert "temperature 0.8" in guide  # from the provenance's protocol parameters
+
+
+def test_a_selection_says_how_many_cells_of_the_family_ran(tmp_path: Path) -> None:
+    row, samples = cell("kv-only-fails", "corrected", verdict="refuted")
+    path = write_run(tmp_path / "run", [(dataclasses.replace(row, family_size=35), samples)])
+    render(path)
+    head = "\n".join(_md(path).splitlines()[:6])
+    assert "Run complete: 1 of the family's 35 claim x protocol cells (1 claim)" in head
+    assert "not selected" in head
+    assert "**Verdicts:** 0 supported, 1 refuted, 0 inconclusive, 0 invalid" in head
+
+
+def test_a_run_closed_before_any_claim_is_an_empty_incomplete_report(tmp_path: Path) -> None:
+    writer = RunWriter(tmp_path / "run", dict(PROVENANCE, stopped="SIGINT"))
+    writer.close(complete=False)
+    md = _md(tmp_path / "run")
+    assert "INCOMPLETE" in md and "stopped: SIGINT" in md and "only no claim cell finished" in md
+    assert "No claim finished." in md
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["claims"] == []
+    assert (tmp_path / "run" / "claims.csv").read_text().startswith("claim,protocol")
+    assert not (tmp_path / "run" / "efficiency.png").exists()
+    assert (tmp_path / "run" / "report.html").exists()
 
 
 def test_provenance_is_a_table(run_dir: Path) -> None:
@@ -162,8 +218,9 @@ def test_provenance_is_a_table(run_dir: Path) -> None:
     # An escaped pipe keeps the column count: every row splits into the same cells.
     assert {len(re.split(r"(?<!\\)\|", line)) for line in table} == {4}
     assert "pytest claims/ \\| tee run.log" in prov
-    assert "| protocols" not in prov  # nested: shown as JSON after the table
-    assert '"temperature": 0.8' in prov.split("protocols:")[1]
+    assert "| protocols" not in prov  # nested: a table of its own, a column per protocol
+    params = prov.split("Protocol parameters:")[1]
+    assert re.search(r"\| parameter +\| original +\|", params) and re.search(r"\| temperature +\| 0.8 +\|", params)
 
 
 def test_incomplete_run_is_marked_with_the_number_finished(tmp_path: Path) -> None:
@@ -171,7 +228,7 @@ def test_incomplete_run_is_marked_with_the_number_finished(tmp_path: Path) -> No
     path = write_run(tmp_path / "run", cells, complete=False)
     render(path)
     head = "\n".join(_md(path).splitlines()[:4])
-    assert "INCOMPLETE" in head and "only 3 claims (4 claim x protocol cells)" in head
+    assert "INCOMPLETE" in head and "only 4 claim x protocol cells (3 claims) finished" in head
     done = write_run(tmp_path / "done", cells, complete=True)
     render(done)
     assert "INCOMPLETE" not in _md(done)

@@ -1,16 +1,15 @@
-"""python -m harness.report: merge shard run folders, or render a run folder."""
+"""python -m harness.report: merge shard run folders, render a run folder, or compare runs of models."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.cli import one_line_errors
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness.report",
                                      description="Work with run folders written by the claims harness.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -21,24 +20,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "on the model, settings and weights; a missing slice marks the merged run incomplete.")
     cmd.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="shard run folders")
     cmd.add_argument("--out", required=True, type=Path, metavar="DIR", help="the merged folder (created)")
-    ren = commands.add_parser("render", help="write summary.md and the plots of a run folder",
-                              description="Write summary.md and the plots of a run folder from its data files.")
+    ren = commands.add_parser(
+        "render", help="write summary.md, report.html and the plots of a run folder",
+        description="Write summary.md, report.html and the plots of a run folder from its data files "
+                    "(results.jsonl, claims.csv, summary.json).")
     ren.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder, e.g. reports/latest")
-    args = parser.parse_args(argv)
+    mat = commands.add_parser(
+        "matrix", help="put runs of different models side by side",
+        description="Write matrix.md and matrix.png: one row per claim cell, one column per run (model, "
+                    "dtype), each cell the verdict, estimate and interval. Runs whose verdicts were decided "
+                    "by different claim rules (rule version or family size) are refused.")
+    mat.add_argument("dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders, one per model")
+    mat.add_argument("--out", required=True, type=Path, metavar="DIR", help="where the matrix goes (created)")
+    return parser
+
+
+@one_line_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     from harness.report import load_run, merge, render
 
-    try:
-        if args.command == "merge":
-            out = merge(args.dirs, args.out)
-            run = load_run(out)
-            state = "complete" if run.complete else "INCOMPLETE"
-            print(f"merged {len(args.dirs)} shards, {len(run.claims)} claim cells ({state}): {out / 'summary.md'}")
-        else:
-            render(args.run_dir)
-            print(args.run_dir / "summary.md")
-    except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "merge":
+        out = merge(args.dirs, args.out)
+        run = load_run(out)
+        state = "complete" if run.complete else "INCOMPLETE"
+        print(f"merged {len(args.dirs)} shards, {len(run.claims)} claim cells ({state}): {out / 'summary.md'}")
+    elif args.command == "matrix":
+        from harness.report.matrix import matrix
+
+        out = matrix(args.dirs, args.out)
+        print(f"matrix of {len(args.dirs)} runs: {out / 'matrix.md'}, {out / 'matrix.png'}")
+    else:
+        render(args.run_dir)
+        print(args.run_dir / "summary.md")
     return 0
 
 

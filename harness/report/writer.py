@@ -157,6 +157,8 @@ class RunWriter:
         self.claims: dict[tuple[str, str], ClaimRow] = {}
         self._seen: dict[tuple, SampleRow] = {}
         self._results: Any = None
+        #: None while the run is open; then whether it was closed as complete.
+        self.completed: bool | None = None
 
     def _open(self) -> None:
         if self._results is None:
@@ -208,10 +210,15 @@ class RunWriter:
                      summary_json(complete, self.provenance, self.claims.values(), **extra))
 
     def close(self, complete: bool, render: bool = True) -> None:
-        """Close the run: summary marked complete or not, rows sorted, markdown and plots."""
-        if self._results is None:
-            return
+        """Close the run: summary marked complete or not, rows sorted, markdown and plots.
+
+        A run closed before any claim finished (interrupted early) still gets its folder,
+        with no claims, so a reader sees that it started and where it stopped.
+        """
+        self._open()
         self._results.close()
+        self.completed = complete
+        write_atomic(self.directory / "claims.csv", claims_csv(self.claims.values()))
         self.write_summary(complete=complete)
         normalize(self.directory)
         if not render:

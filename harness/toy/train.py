@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from harness.cli import one_line_errors
 from harness.toy import TOY_MODEL_DIR
 from harness.toy.corpus import documents, vocabulary
 
@@ -273,6 +274,7 @@ def continuation_rates(
     return [marker_rate(t) for t in texts]
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     ap = argparse.ArgumentParser(prog="python -m harness.toy.train", description=__doc__.split("\n")[0])

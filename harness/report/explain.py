@@ -1,0 +1,139 @@
+""""How to read this report": the terms a reader needs, filled in from the run's own rows.
+
+The text is markdown (paragraphs, ``- `` lists, inline code and bold), written once
+for ``summary.md`` and turned into HTML by :mod:`harness.report.html`. Metric
+descriptions and guard thresholds come from :mod:`harness.metrics` and
+:mod:`harness.guards` at render time (both import no torch); a run's numbers
+(interval method, level, family size, protocol parameters) come from its rows and
+provenance, so the explanation always matches the run it explains.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from harness.report.schema import ClaimRow
+
+__all__ = ["how_to_read", "metric_lines"]
+
+EFFICIENCY = "(arm − baseline) / (champion − baseline)"
+
+
+def metric_lines() -> list[str]:
+    """One list item per metric of the registry: name, floor, description."""
+    try:
+        from harness.metrics import METRICS
+    except ImportError:  # a reader without numpy: the names are still in the table
+        return ["- (metric descriptions unavailable: `harness.metrics` could not be imported)"]
+    return [f"- `{m.name}` (floor {m.floor:g}): {m.description}" for m in METRICS.values()]
+
+
+def _guard_thresholds() -> tuple[str, str]:
+    try:
+        from harness.guards import DEGENERATION_RATIO, ECHO_MARGIN
+    except ImportError:
+        return "a set share", "a set margin"
+    return f"{DEGENERATION_RATIO:g} x", f"{ECHO_MARGIN:g}"
+
+
+def _protocol_words(provenance: Mapping[str, Any]) -> list[str]:
+    params = provenance.get("protocols") if isinstance(provenance.get("protocols"), dict) else {}
+
+    def said(name: str) -> str:
+        p = params.get(name) or {}
+        bits = []
+        if p.get("gen_tokens"):
+            bits.append(f"{p['gen_tokens']} tokens")
+        if p.get("temperature") is not None:
+            bits.append(f"temperature {p['temperature']:g}")
+        if p.get("metric"):
+            bits.append(f"judged on `{p['metric']}`")
+        return f" ({', '.join(bits)})" if bits else ""
+
+    return [
+        f"- **original**{said('original')}: the finding's scripts reproduced with their defects, but seeded. "
+        "Reference arms sample from the prompt (top-k 50); an intervention prefills the whole baseline, "
+        "splices the champion's cache right-aligned (BOS dropped, positions misaligned), registers its "
+        "patches only after the prefill, re-feeds the baseline's last token and samples from the full "
+        "vocabulary. Its decode-time hooks never change a value, which the patch guard reports.",
+        f"- **corrected**{said('corrected')}: the same question with the defects fixed. Every arm prefills "
+        "its prompt without the last token and feeds that token once; patches act in the prefill and in "
+        "every decoding step; a KV splice puts the champion's prefix cache in place of the baseline's, "
+        "right-aligned with keys re-rotated to their new positions, BOS kept.",
+        "- **any**: a measure no protocol choice affects (geometry on the prompt pass), run once.",
+        "",
+        "Both protocols sample every arm of a pair with the pair's own seeds, so arms differ by the "
+        "intervention, not by sampling noise.",
+    ]
+
+
+def _interval_words(rows: Sequence[ClaimRow]) -> str:
+    levels = sorted({r.level for r in rows if math.isfinite(r.level)})
+    methods = sorted({r.interval_method for r in rows if r.interval_method})
+    families = sorted({r.family_size for r in rows if r.family_size})
+    method = " / ".join(methods) or "the harness's interval method"
+    level = " and ".join(f"{100 * x:.4g}%" for x in levels)
+    if levels and families:
+        family = " / ".join(map(str, families))
+        how = (f"each cell at the {level} level: 1 − 0.05 / {family}, Bonferroni over the family of {family} "
+               "claim cells, so the chance of any false supported or refuted verdict among them stays at "
+               "or below 5% whatever the dependence between cells")
+    elif levels:
+        how = f"each cell at the {level} level"
+    else:
+        how = "at a level corrected for the family of claim cells"
+    return (f"**Intervals.** {method}: a pair's seeds are averaged first (they share a prompt), then a "
+            f"Student t interval over the pair means, {how}. An interval of zero width (every pair gave the "
+            "same value) is flagged: the verdict then rests on the point alone. For inconclusive cells the "
+            "MDE is the smallest distance from the threshold the run could have detected (80% power). "
+            "Details and measured coverage: `docs/statistics.md`.")
+
+
+def how_to_read(rows: Sequence[ClaimRow], provenance: Mapping[str, Any]) -> list[str]:
+    """The section's markdown lines (a ``## `` heading, then paragraphs and lists)."""
+    ratio, margin = _guard_thresholds()
+    out = [
+        "## How to read this report", "",
+        "**Cells.** Each claim of the finding is tested under each protocol that matters to it; one "
+        "claim under one protocol is a *cell*, with its own interval and verdict.", "",
+        f"**Efficiency** = {EFFICIENCY}, per prompt pair, on one metric: each term is the pair's mean over "
+        "its seeds (baseline: the baseline prompt alone; champion: the champion prompt alone; arm: the "
+        "baseline prompt under the intervention). 0 means the arm behaves like the baseline, 1 like the "
+        "champion. Values above 1 occur when the arm scores higher than the champion itself: a small "
+        "champion-baseline gap in the denominator amplifies sampling noise, and an intervention can "
+        "overshoot (e.g. repetitive text collecting markers). Pairs whose gap is below the metric's floor "
+        "are left out. A *contrast* is the difference of two arms' efficiencies; an *R_V difference* is "
+        "geometry on the prompt pass (participation ratio of V at a late layer over an early one, champion "
+        "minus baseline): no generation, so no arms, seeds or samples.", "",
+        "**Metrics** (per generated sample, then averaged):", "",
+        *metric_lines(), "",
+        "**Protocols.**", "",
+        *_protocol_words(provenance), "",
+        "**Verdicts**, from the interval and the claim's threshold:", "",
+        "- **supported**: the whole interval lies on the claim's side of the threshold (for a *within* "
+        "claim, \"about X\": strictly inside its bounds);",
+        "- **refuted**: the whole interval lies on the other side (*within*: wholly outside the bounds);",
+        "- **inconclusive**: the interval straddles the threshold (*within*: crosses a bound); not "
+        "evidence of no effect;",
+        "- **invalid**: the experiment itself is broken (a guard failed, or fewer than 2 pairs had a "
+        "value): no evidence either way.", "",
+        _interval_words(rows), "",
+        f"**Guards** on the machinery and on the text. A champion-baseline gap below the floor on most "
+        "pairs; a patch that changed no value in a phase it declared; two arms that should differ but gave "
+        f"identical tokens; *degeneration*: an arm whose distinct-2 is below {ratio} the lower of the "
+        f"baseline's and champion's (repetitive text); *echo*: an arm copying more than {margin} more of "
+        "the champion prompt's 4-grams than the champion arm does. Any failed guard makes the cell invalid.",
+        "",
+        "**Model metric.** Each efficiency cell is also measured on `champion_logprob` (the `alt_*` "
+        "columns): the mean log-probability, teacher-forced under the arm, of the champion's own greedy "
+        "continuation; no text heuristics. When the text metric and the model metric give opposite "
+        "decisive verdicts (one supported, the other refuted) the cell is flagged **disagrees**: read its "
+        "verdict as depending on the metric.", "",
+        "**Expected and outcome.** *expected* is the verdict the ledger (`claims/ledger.toml`) records for "
+        "this model and settings (supported where it has none); the test passes when the verdict is "
+        "supported as expected, is an expected failure (xfail) when it matches a known other verdict, and "
+        "fails when the verdict changed.", "",
+    ]
+    return out
