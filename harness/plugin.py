@@ -59,6 +59,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="allow pickle checkpoints (*.bin); loading pickle runs code from the file")
     group.addoption("--trust-remote-code", action="store_true", default=False,
                     help="allow the model's own Python code from the hub to run")
+    group.addoption("--max-batch", type=int, default=None, metavar="N",
+                    help="at most N rows (pairs x seeds) per generate call (default: from free GPU memory; "
+                         "512 on the CPU)")
     group.addoption("--allow-long", action="store_true", default=False,
                     help="allow --gen-tokens above 1024 (every arm, pair and seed pays for it)")
     parser.addini("harness_progress_after", type="string", default="",
@@ -91,6 +94,7 @@ def read_options(config: pytest.Config) -> Any:
         ledger=Path(opt("ledger")) if opt("ledger") else config.rootpath / "claims" / "ledger.toml",
         shard=opt("shard"), allow_pickle=opt("allow_pickle"),
         trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
+        max_batch=_positive(config, "max_batch"),
     )
 
 
@@ -159,7 +163,7 @@ class HarnessSession:
             from harness.evaluate import Evaluator
             from harness.generate import Runner
 
-            self._evaluator = Evaluator(Runner(self.subject()))
+            self._evaluator = Evaluator(Runner(self.subject(), max_batch=self.options.max_batch))
         return self._evaluator
 
     def ledger(self) -> Any:

@@ -43,6 +43,7 @@ class RunOptions:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     allow_long: bool = False
+    max_batch: int | None = None
     window: int = 16
 
     @property
