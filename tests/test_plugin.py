@@ -231,3 +231,13 @@ def test_every_harness_option_is_in_the_readme_table_and_help_has_no_markup(pyte
     missing = [n for n in names if not re.search(rf"`{re.escape(n)}\b", table)]
     assert not missing, f"options missing from the README's options table: {missing}"
     assert "`" not in block and ":func:" not in block and ":class:" not in block
+
+
+def test_test_module_names_are_unique_across_tests_and_claims():
+    """pytest imports test modules by basename (rootdir-relative, no packages): two files of
+    one name in tests/ and claims/ break the README's `pytest` at collection."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    names = [p.name for folder in ("tests", "claims") for p in (root / folder).glob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
