@@ -117,8 +117,20 @@ class Contrast:
         return {p: a[p] - b[p] for p in a if p in b and not (math.isnan(a[p]) or math.isnan(b[p]))}
 
 
+class _PromptPass:
+    """A measure of the prompts alone (one forward pass each): no arm, no sampling, no
+    metric, and no protocol choice affects it, so it runs once."""
+
+    protocol_independent = True
+    metric = None
+
+    @property
+    def arms(self) -> tuple[Intervention, ...]:
+        return ()
+
+
 @dataclass(frozen=True)
-class RvDifference:
+class RvDifference(_PromptPass):
     """R_V(champion) - R_V(baseline) per pair, on the prompt pass.
 
     R_V = PR(V at ``late``) / PR(V at ``early``) over the last 16 prompt positions
@@ -128,13 +140,6 @@ class RvDifference:
     late: int = 27
     early: int = 5
 
-    protocol_independent = True
-    metric = None
-
-    @property
-    def arms(self) -> tuple[Intervention, ...]:
-        return ()
-
     def describe(self, metric: str) -> str:
         return f"R_V(champion) - R_V(baseline), R_V = PR(V@{self.late}) / PR(V@{self.early}), prompt pass"
 
@@ -143,18 +148,11 @@ class RvDifference:
 
 
 @dataclass(frozen=True)
-class PrDifference:
+class PrDifference(_PromptPass):
     """PR(V at ``layer``) of the champion prompt minus that of the baseline prompt, per pair
     (last 16 prompt positions; layer as written for a 32-layer model)."""
 
     layer: int
-
-    protocol_independent = True
-    metric = None
-
-    @property
-    def arms(self) -> tuple[Intervention, ...]:
-        return ()
 
     def describe(self, metric: str) -> str:
         return f"PR(V@{self.layer}) of the champion prompt minus the baseline's, prompt pass"

@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from tiny import SMALL
 
 pytest_plugins = ["pytester"]
 
@@ -28,7 +29,6 @@ CLAIMS = [
 def test_claim(verify, claim, protocol):
     verify(claim, protocol)
 """
-SMALL = ("-p", "no:cacheprovider", "--pairs", "2", "--seeds", "2", "--gen-tokens", "5")
 
 
 def run(pytester, report, *args):

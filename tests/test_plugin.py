@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from tiny import CLAIM_FILE, SMALL
 
 pytest_plugins = ["pytester"]
 
@@ -131,19 +132,7 @@ def test_the_family_size_in_pytest_ini_is_the_number_of_claim_cells():
     assert len(cells) == int(ini["pytest"]["harness_family_size"]), out.stdout[-500:]
 
 
-CLAIM_FILE = """
-import pytest
-from harness.claims import Claim, Efficiency, Source
-from harness.records import Intervention
 
-CLAIM = Claim(id="kv-only-transfers", statement="KV alone transfers.", source=Source("test", "quote"),
-              measure=Efficiency(Intervention("kv-only", kv_layers="all")), threshold=-100.0, direction="above")
-
-@pytest.mark.parametrize("protocol", ["original", "corrected"])
-def test_claim(verify, protocol):
-    verify(CLAIM, protocol)
-"""
-SMALL = ("-p", "no:cacheprovider", "--pairs", "2", "--seeds", "2", "--gen-tokens", "5")
 
 
 def _claims(pytester):

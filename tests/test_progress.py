@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from tiny import CLAIM_FILE, SMALL
 
 from harness import progress
 from harness.progress import Progress, Reporter, Work, claim, format_line, install
@@ -132,25 +133,13 @@ def test_the_token_ticker_counts_every_decoding_step_of_every_row():
 # plugin's progress output is tested against the real runner and the real generate loop.
 
 
-CLAIM = """
-import pytest
-from harness.claims import Claim, Efficiency, Source
-from harness.records import Intervention
 
-CLAIM = Claim(id="kv-only-transfers", statement="KV alone transfers.", source=Source("test", "quote"),
-              measure=Efficiency(Intervention("kv-only", kv_layers="all")), threshold=-100.0, direction="above")
-
-@pytest.mark.parametrize("protocol", ["original", "corrected"])
-def test_claim(verify, protocol):
-    verify(CLAIM, protocol)
-"""
-SMALL = ("-p", "no:cacheprovider", "--pairs", "2", "--seeds", "2", "--gen-tokens", "5")
 
 
 @pytest.fixture
 def claim_folder(pytester):
     (pytester.path / "claims").mkdir()
-    (pytester.path / "claims" / "test_claims.py").write_text(CLAIM)
+    (pytester.path / "claims" / "test_claims.py").write_text(CLAIM_FILE)
     return pytester
 
 

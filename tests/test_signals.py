@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_render import PNG_MAGIC
+from tiny import SMALL
 
 pytest_plugins = ["pytester"]
 
@@ -33,7 +33,6 @@ def test_z_waits(verify):
     pathlib.Path("started").write_text("x")
     time.sleep(300)
 """
-SMALL = ("-p", "no:cacheprovider", "--pairs", "2", "--seeds", "2", "--gen-tokens", "5")
 #: A stopped run must be written within this many seconds (rendering takes about 1.5 s here).
 WITHIN_S = 20.0
 

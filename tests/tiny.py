@@ -170,3 +170,22 @@ def random_prompt(length: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     body = torch.randint(3, VOCAB, (1, length - 1), generator=gen)
     return torch.cat([torch.tensor([[BOS]]), body], dim=1)
+
+
+# --------------------------------------------------------------------------- runs in a subprocess
+#: A claim test module for pytester runs: KV alone "transfers more than -100" (always supported
+#: when the experiment is sound), under both protocols.
+CLAIM_FILE = """
+import pytest
+from harness.claims import Claim, Efficiency, Source
+from harness.records import Intervention
+
+CLAIM = Claim(id="kv-only-transfers", statement="KV alone transfers.", source=Source("test", "quote"),
+              measure=Efficiency(Intervention("kv-only", kv_layers="all")), threshold=-100.0, direction="above")
+
+@pytest.mark.parametrize("protocol", ["original", "corrected"])
+def test_claim(verify, protocol):
+    verify(CLAIM, protocol)
+"""
+#: The smallest run that still measures something: 2 pairs x 2 seeds x 5 tokens.
+SMALL = ("-p", "no:cacheprovider", "--pairs", "2", "--seeds", "2", "--gen-tokens", "5")
