@@ -132,17 +132,31 @@ class Runner(Scoring):
         todo = [t for t in dict.fromkeys(texts) if (t, site) not in self._acts]
         if todo:
             batch, lengths = self._right_padded([self.ids(t) for t in todo])
-            found = record(self.model, self.layout, batch, [site])[site]
-            found = found if found.dim() == 3 else found[None]
+            found = record(self.model, self.layout, batch, [site], keep_batch=True)[site]
             for i, (text, n) in enumerate(zip(todo, lengths)):
                 self._acts[(text, site)] = found[i, :n].clone()
         return [self._acts[(t, site)] for t in texts]
 
+    @property
+    def pad_id(self) -> int:
+        """The id padding slots hold (their content is masked or cut away, never read)."""
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
     def _right_padded(self, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         length = max(r.shape[1] for r in rows)
-        return torch.cat([torch.cat([r, r.new_full((1, length - r.shape[1]), pad_id)], 1) for r in rows]), \
+        return torch.cat([torch.cat([r, r.new_full((1, length - r.shape[1]), self.pad_id)], 1) for r in rows]), \
             [r.shape[1] for r in rows]
+
+    def _left_padded(self, rows: Sequence[torch.Tensor], repeats: Sequence[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Ids (1, n_i) left-padded to one length, row i repeated ``repeats[i]`` times; the
+        attention mask (0 on padding, on the model's device) and each row's padding."""
+        length = max(r.shape[1] for r in rows)
+        pads = [length - r.shape[1] for r in rows]
+        ids = torch.cat([torch.cat([r.new_full((1, pad), self.pad_id), r], 1).expand(n, -1)
+                         for r, pad, n in zip(rows, pads, repeats)])
+        mask = torch.cat([(torch.arange(length) >= pad).long()[None].expand(n, -1) for pad, n in zip(pads, repeats)])
+        return ids, mask.to(self.device), pads
 
     # -- arms -----------------------------------------------------------------
     def run(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: Sequence[int]) -> ArmResult:
@@ -237,16 +251,20 @@ class Runner(Scoring):
         specs = self._specs(arm, protocol)
         for spec in specs:  # one pass per site for the missing champion activations
             self.activations([p.champion for p in pairs], source_site(spec))
-        kv_layers = arm.mapped_kv_layers(self.layout.n_layers)
-        if kv_layers:
+        if arm.kv_layers:
             self.caches([p.champion for p in pairs], without_last=True)
         sources = [self._sources(p, specs, arm, protocol, seeds[p.id], None) for p in pairs]
+        return self._prefilled(pairs, arm, protocol, seeds, sources)
+
+    def _prefilled(self, pairs: Sequence[Any], arm: Intervention, protocol: Protocol,
+                   seeds: Mapping[str, tuple[int, ...]], sources: Sequence[dict[PatchSpec, tuple[torch.Tensor, int]]]
+                   ) -> list[_Prepared]:
+        """The corrected protocol's prefills: each baseline without its last token, all pairs in
+        one left-padded pass under the arm's prefill patches (each pair's on its own row),
+        then each pair's splice."""
+        specs = self._specs(arm, protocol)
         prefixes = [self.ids(p.baseline)[:, :-1] for p in pairs]
-        length = max(x.shape[1] for x in prefixes)
-        pads = [length - x.shape[1] for x in prefixes]
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.cat([torch.cat([x.new_full((1, pad), pad_id), x], 1) for x, pad in zip(prefixes, pads)])
-        mask = (torch.arange(length)[None, :] >= torch.tensor(pads)[:, None]).long().to(self.device)
+        ids, mask, pads = self._left_padded(prefixes, [1] * len(pairs))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         groups = {spec: [RowGroup(slice(i, i + 1), pads[i], prefixes[i].shape[1] + 1, *src[spec])
                          for i, src in enumerate(sources)] for spec in specs}
@@ -282,40 +300,27 @@ class Runner(Scoring):
             return _Prepared(pair, seeds, ids, snap, ids.shape[1], {})
         if not isinstance(arm, Intervention):
             raise HarnessLookupError(f"unknown arm {arm!r}; expected 'baseline', 'champion' or an Intervention")
-        specs = self._specs(arm, protocol)
-        sources = self._sources(pair, specs, arm, protocol, seeds, continuation)
-        ids_b = self.ids(pair.baseline)
+        sources = self._sources(pair, self._specs(arm, protocol), arm, protocol, seeds, continuation)
         if arm.kv_layers:  # clean passes first: memoised, never under a hook
             self.cache(pair.champion, without_last=not protocol.refeed_last)
-
-        def spliced(target: Any) -> Any:
-            return self._spliced(pair, target, arm, protocol)
-
-        if protocol.refeed_last:
-            # The original: the full prefill ran before the hooks existed, then the splice,
-            # then the last prompt token is fed again.
-            ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
-            return _Prepared(pair, seeds, ids, spliced(self.cache(pair.baseline)), ids_b.shape[1], sources)
-        groups = {s: [RowGroup(slice(None), 0, ids_b.shape[1], src, n)] for s, (src, n) in sources.items()}
-        with install(self.model, self.layout, specs, groups) as handles:
-            target = prefill(self.model, ids_b[:, :-1])[1]
-        counts = tuple(c for h in handles for c in h.counts if c.phase == "prefill")
-        return _Prepared(pair, seeds, ids_b, spliced(target), ids_b.shape[1], sources, counts)
+        if not protocol.refeed_last:
+            return self._prefilled([pair], arm, protocol, {pair.id: seeds}, [sources])[0]
+        # The original: the full prefill ran before the hooks existed, then the splice,
+        # then the last prompt token is fed again.
+        ids_b = self.ids(pair.baseline)
+        ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
+        return _Prepared(pair, seeds, ids, self._spliced(pair, self.cache(pair.baseline), arm, protocol),
+                         ids_b.shape[1], sources)
 
     def _stack(self, prepared: Sequence[_Prepared]) -> tuple[torch.Tensor, torch.Tensor, Any, list[int]]:
         """Left-padded ids and attention mask (rows, L), the stacked cache, each pair's padding."""
-        length = max(p.ids.shape[1] for p in prepared)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        pads = [length - p.ids.shape[1] for p in prepared]
-        ids = torch.cat([torch.cat([p.ids.new_full((1, pad), pad_id), p.ids], 1).expand(len(p.seeds), -1)
-                         for p, pad in zip(prepared, pads)])
-        mask = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones(1, p.ids.shape[1],
-                          dtype=torch.long)], 1).expand(len(p.seeds), -1) for p, pad in zip(prepared, pads)])
+        ids, mask, pads = self._left_padded([p.ids for p in prepared], [len(p.seeds) for p in prepared])
+        length = ids.shape[1]
         snaps = [p.snapshot for p in prepared]
         if any(s is None for s in snaps) and not all(s is None for s in snaps):
             raise HarnessValueError("cannot batch pairs with and without a prefilled cache")
         snap = None if snaps[0] is None else stack_left_padded(snaps, [len(p.seeds) for p in prepared], length - 1)
-        return ids, mask.to(self.device), snap, pads
+        return ids, mask, snap, pads
 
     @contextmanager
     def _installed(self, prepared: Sequence[_Prepared], specs: Sequence[PatchSpec],

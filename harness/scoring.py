@@ -77,8 +77,7 @@ class Scoring:
         pads = [length - p.ids.shape[1] for p in prepared]
         snap = stack_left_padded([p.snapshot for p in prepared], [1] * len(prepared), length - 1)
         width = max(len(c) for c in conts)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        feed = torch.tensor([[int(p.ids[0, -1]), *c[:-1]] + [pad_id] * (width - len(c))
+        feed = torch.tensor([[int(p.ids[0, -1]), *c[:-1]] + [self.pad_id] * (width - len(c))
                              for p, c in zip(prepared, conts)], device=self.device)
         mask = torch.tensor([[0] * pad + [1] * (length - 1 - pad) + [1] * len(c) + [0] * (width - len(c))
                              for pad, c in zip(pads, conts)], device=self.device)
