@@ -51,14 +51,8 @@ class Geometry:
             chunk = [list(s) for s in sequences[start : start + self.batch]]
             length = max(len(s) for s in chunk)
             ids = torch.tensor([s + [pad] * (length - len(s)) for s in chunk], device=self.runner.device)
-            acts = record(self.runner.model, self.runner.layout, ids, list(sites))
+            acts = record(self.runner.model, self.runner.layout, ids, list(sites), keep_batch=True)
             for i, seq in enumerate(chunk):
-                pr = [participation_ratio(_rows(acts[s], i, len(chunk))[len(seq) - self.window : len(seq)])
-                      for s in sites]
+                pr = [participation_ratio(acts[s][i, len(seq) - self.window : len(seq)]) for s in sites]
                 out.append(pr[0] / pr[1] if pr[1] and np.isfinite(pr[1]) else float("nan"))
         return out
-
-
-def _rows(act: torch.Tensor, i: int, n: int) -> torch.Tensor:
-    # record() returns (T, d) for a batch of one and (B, T, d) otherwise.
-    return act if n == 1 else act[i]

@@ -304,16 +304,17 @@ def install(
         yield [stack.enter_context(PatchHandle(model, layout, s, groups(s), tracker)) for s in specs]
 
 
-def record(model: Any, layout: Any, input_ids: torch.Tensor, sites: Sequence[Site]) -> dict[Site, torch.Tensor]:
+def record(model: Any, layout: Any, input_ids: torch.Tensor, sites: Sequence[Site], *,
+           keep_batch: bool = False) -> dict[Site, torch.Tensor]:
     """Run one forward pass over ``input_ids`` and return each site's activation.
 
-    ``input_ids`` (1, T) gives activations (T, d); (B, T) with B > 1 gives (B, T, d),
-    one source per row for :func:`install`. Keys are the sites as given (layers as
-    written); layers are mapped by the layout.
+    ``input_ids`` (1, T) gives activations (T, d), one source for every row of
+    :func:`install`; (B, T) with B > 1, or any B with ``keep_batch``, gives (B, T, d).
+    Keys are the sites as given (layers as written); layers are mapped by the layout.
     """
     if input_ids.dim() != 2 or input_ids.shape[0] < 1:
         raise HarnessValueError(f"record expects input_ids of shape (B, T), got {tuple(input_ids.shape)}")
-    batched = input_ids.shape[0] > 1
+    batched = keep_batch or input_ids.shape[0] > 1
     found: dict[Site, torch.Tensor] = {}
     with ExitStack() as stack:
         for site in dict.fromkeys(sites):

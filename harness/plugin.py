@@ -113,6 +113,7 @@ class HarnessSession:
         self._evaluator: Any = None
         self._ledger: Any = None
         self._pairs: list[Any] | None = None
+        self._settings: str | None = None
         self.previous_progress: Any = None
 
     def _check_inputs(self) -> None:
@@ -186,17 +187,22 @@ class HarnessSession:
             self._pairs = spread(load_pairs(o.prompts) if o.prompts else default_pairs(), o.pairs)
         return self._pairs
 
-    def settings(self, subject: Any) -> str:
-        """What a verdict was measured with: the ledger key beside the model identity."""
-        from harness.claims import RULE_VERSION, describe_settings
-        from harness.prompts import DEFAULT_PROMPTS, file_hash
+    def settings(self) -> str:
+        """What a verdict was measured with: the ledger key beside the model identity.
 
-        o = self.options
-        return describe_settings({
-            "pairs": len(self.pairs()), "seeds": o.seeds, "tokens": o.gen_tokens, "dtype": o.dtype,
-            "prompts": file_hash(o.prompts or DEFAULT_PROMPTS)[:12], "rule": RULE_VERSION,
-            "family": self.family_size,
-        })
+        Computed once, at the first claim: collection (and so the family) is over by then.
+        """
+        if self._settings is None:
+            from harness.claims import RULE_VERSION, describe_settings
+            from harness.prompts import DEFAULT_PROMPTS, file_hash
+
+            o = self.options
+            self._settings = describe_settings({
+                "pairs": len(self.pairs()), "seeds": o.seeds, "tokens": o.gen_tokens, "dtype": o.dtype,
+                "prompts": file_hash(o.prompts or DEFAULT_PROMPTS)[:12], "rule": RULE_VERSION,
+                "family": self.family_size,
+            })
+        return self._settings
 
     def provenance(self, subject: Any) -> dict[str, Any]:
         """What identifies this run: settings, the subject and the software."""
@@ -214,7 +220,7 @@ class HarnessSession:
             "torch": torch.__version__, "transformers": transformers.__version__,
             "pairs": len(self.pairs()), "pair_ids": [p.id for p in self.pairs()], "seeds_per_pair": o.seeds,
             "gen_tokens": o.gen_tokens, "prompts": str(o.prompts or "bundled toy bank"),
-            "profile": o.profile, "settings": self.settings(subject), "family_size": self.family_size,
+            "profile": o.profile, "settings": self.settings(), "family_size": self.family_size,
             "protocols": {name: dataclasses.asdict(self.protocol(name)) for name in PROTOCOLS},
         }
 
@@ -355,7 +361,7 @@ def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject:
                 claim, pairs, session.protocol(protocol), n_seeds=session.options.seeds,
                 family_size=session.family_size)
         row = evaluation.row
-        settings = session.settings(subject)
+        settings = session.settings()
         ledger = session.ledger()
         entry = ledger.lookup(subject.identity, settings, row.claim, row.protocol)
         outcome = judge(row.verdict, entry)
