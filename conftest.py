@@ -1,6 +1,13 @@
-"""What this repository's own test run needs beyond the installed plugin."""
+"""What this repository's own test run needs: the harness's plugin, and quiet settings.
+
+The plugin is opt-in (it registers ``--model``, ``--device``, ``--seeds`` and a ``subject``
+fixture, which would collide with other projects' own): this rootdir conftest opts in, as any
+other project does with the same line in its rootdir ``conftest.py`` or ``-p harness.plugin``.
+"""
 
 import torch
+
+pytest_plugins = ["harness.plugin"]
 from hypothesis import HealthCheck, settings
 
 # The test models are tiny: intra-op threads only add spin-waits on a shared 2-core machine.

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny import CLAIM_FILE, SMALL
+from tiny import CLAIM_FILE, OPT_IN, SMALL, opt_in
 
 pytest_plugins = ["pytester"]
 
@@ -132,7 +132,56 @@ def test_the_family_size_in_pytest_ini_is_the_number_of_claim_cells():
     assert len(cells) == int(ini["pytest"]["harness_family_size"]), out.stdout[-500:]
 
 
+HOST_CONFTEST = """
+import pytest
 
+def pytest_addoption(parser):
+    parser.addoption("--model", default="host-model")
+    parser.addoption("--device", default="host-device")
+    parser.addoption("--seeds", type=int, default=3)
+
+@pytest.fixture
+def subject(pytestconfig):
+    return {"model": pytestconfig.getoption("model"), "seeds": pytestconfig.getoption("seeds")}
+"""
+
+HOST_TEST = """
+import sys
+
+def test_host_options_and_fixture_are_its_own(subject, pytestconfig):
+    assert subject == {"model": "m7", "seeds": 5}
+    assert pytestconfig.getoption("device") == "host-device"
+
+def test_no_harness_and_no_torch_at_start():
+    loaded = sorted(m for m in ("torch", "transformers", "harness", "harness.plugin") if m in sys.modules)
+    assert loaded == [], loaded
+"""
+
+
+def test_a_host_project_with_its_own_model_option_and_subject_fixture_runs_unaffected(tmp_path):
+    """Installed is not active: a project of its own (its conftest defines --model, --device, --seeds
+    and a ``subject`` fixture) starts, passes, and never imports the harness or torch."""
+    (tmp_path / "conftest.py").write_text(HOST_CONFTEST)
+    (tmp_path / "test_host.py").write_text(HOST_TEST)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--model", "m7",
+                          "--seeds", "5"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "2 passed" in out.stdout and "error" not in out.stdout.lower()
+
+
+def test_a_folder_opts_in_with_the_plugin_option_or_a_conftest_line(tmp_path):
+    """Outside this repository the plugin is one ``-p harness.plugin`` or one conftest line away."""
+    (tmp_path / "test_x.py").write_text("def test_x():\n    pass\n")
+
+    def help_text(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, "--help"],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300).stdout
+
+    bare, by_option = help_text(), help_text(*OPT_IN)
+    assert "claims harness" not in bare and "--gen-tokens" not in bare
+    assert "claims harness" in by_option and "--gen-tokens" in by_option
+    opt_in(tmp_path)
+    assert "--gen-tokens" in help_text()
 
 
 def _claims(pytester):

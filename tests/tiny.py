@@ -173,6 +173,19 @@ def random_prompt(length: int, seed: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- runs in a subprocess
+#: The harness's plugin is opt-in: a pytest started outside this repository's rootdir names it.
+OPT_IN = ("-p", "harness.plugin")
+
+
+def opt_in(folder: Any) -> Any:
+    """Make ``folder`` a project that opts in to the plugin as the README says: a rootdir
+    ``conftest.py`` declaring it. Returns the folder."""
+    from pathlib import Path
+
+    (Path(folder) / "conftest.py").write_text('pytest_plugins = ["harness.plugin"]\n')
+    return folder
+
+
 #: A claim test module for pytester runs: KV alone "transfers more than -100" (always supported
 #: when the experiment is sound), under both protocols.
 CLAIM_FILE = """
