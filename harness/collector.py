@@ -106,9 +106,14 @@ class Collector:
     """Writes one run's report on the controlling process."""
 
     def __init__(self, config: pytest.Config, options: Any) -> None:
+        from harness.report.folder import claim_folder
+
         self.config = config
         self.options = options
-        self.directory = Path(options.report_dir)
+        # The folder is this run's from now to the end (a second run is refused, not mixed in).
+        self.lock = claim_folder(Path(options.report_dir), fresh=options.report_fresh,
+                                 default=not options.report_dir_named)
+        self.directory = self.lock.directory
         self.missing: list[str] = []
         self.writer: Any = None
         self.ledger_covers: bool | None = None
@@ -303,6 +308,7 @@ class Collector:
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """The run's last line, after pytest's count: the verdicts, and what the ledger expected."""
+        self.lock.release()
         self._restore_signals()
         if self._progress is not None:
             progress.install(self._progress)

@@ -49,7 +49,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--gen-tokens", type=int, default=None, metavar="N",
                     help="tokens generated per sample (default: from --profile)")
     group.addoption("--report-dir", default=None, metavar="DIR",
-                    help="where the run's report is written (default: reports/<run-id>)")
+                    help="where the run's report is written (default: reports/<run-id>); a folder that "
+                         "holds another run is refused")
+    group.addoption("--report-fresh", action="store_true", default=False,
+                    help="replace the run already in --report-dir (its report files are removed at the start)")
     group.addoption("--shard", default=None, metavar="I/N",
                     help="run only slice I of N (1 <= I <= N) of the claim cells, for several machines; "
                          "merge the reports with: python -m harness.report merge")
@@ -95,6 +98,7 @@ def read_options(config: pytest.Config) -> Any:
         shard=opt("shard"), allow_pickle=opt("allow_pickle"),
         trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
         max_batch=_positive(config, "max_batch"),
+        report_fresh=opt("report_fresh"), report_dir_named=bool(report_dir),
     )
 
 
@@ -302,7 +306,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _is_worker(config):
         from harness.collector import Collector
 
-        config.pluginmanager.register(Collector(config, session.options), "harness-collector")
+        try:
+            collector = Collector(config, session.options)
+        except HarnessError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config.pluginmanager.register(collector, "harness-collector")
     else:  # a worker's output is not seen: it only counts each claim's work for the controller
         from harness.progress import Reporter, install
 

@@ -45,6 +45,8 @@ class RunOptions:
     allow_long: bool = False
     max_batch: int | None = None
     window: int = 16
+    report_fresh: bool = False  # replace the run already in report_dir
+    report_dir_named: bool = True  # False: the default reports/<time>, renamed when taken
 
     @property
     def seed_list(self) -> tuple[int, ...]:
