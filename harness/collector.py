@@ -299,8 +299,9 @@ class Collector:
                 f"intervals: {first.interval_method} at {100 * first.level:.4g}% per cell (family of "
                 f"{first.family_size} cells, 5% family-wise)")
             if self.ledger_covers is False:
-                terminalreporter.write_line(
-                    f"ledger: no entries for these settings ({first.settings}); judged on the verdicts alone")
+                judged = ("judged on the verdicts alone (--ledger-strict)" if self.options.ledger_strict
+                          else "verdicts reported, not judged")
+                terminalreporter.write_line(f"ledger: no entries for these settings ({first.settings}); {judged}")
         if self.writer is not None:
             state = "" if self.writer.completed else " (INCOMPLETE)"
             terminalreporter.write_line(f"report: {self.writer.directory}{state}")
@@ -327,10 +328,16 @@ def _table(rows: list[Any]) -> str:
     from harness.report.brief import interval_text, short_reason
 
     table = [[r.claim, r.protocol, r.estimate, interval_text(r), r.n_pairs, r.n_seeds or "-", _mapped(r),
-              r.verdict, "as expected" if r.outcome != "fail" else f"expected {r.expected}", short_reason(r)]
+              r.verdict, _ledger_cell(r), short_reason(r)]
              for r in rows]
     headers = ("claim", "protocol", "estimate", "interval", "pairs", "seeds", "mapped", "verdict", "ledger", "why")
     return tabulate(table, headers=headers, floatfmt=".3f", missingval="nan")
+
+
+def _ledger_cell(row: Any) -> str:
+    if row.outcome == "fail":
+        return f"expected {row.expected}"
+    return "no entry" if row.outcome == "unjudged" else "as expected"
 
 
 def _progress_after(config: pytest.Config) -> float:

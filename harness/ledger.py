@@ -12,7 +12,11 @@ for the run's own model and settings:
   failure (xfail, with the recorded reason);
 - a verdict equal to a known ``supported`` entry passes;
 - any other verdict with an entry fails (the finding's status changed);
-- with no entry, the claim must be ``supported`` to pass.
+- with no entry while the ledger has entries for these settings (a new claim), the claim
+  must be ``supported`` to pass;
+- with no entries at all for this model and settings (a scaled-down run, another model),
+  there is nothing to compare: the verdict is reported, ``unjudged``, and fails nothing,
+  unless the run is strict (``--ledger-strict``), when it must be ``supported``.
 
 This module imports neither torch nor transformers.
 """
@@ -111,8 +115,15 @@ class Ledger:
         return "\n".join(lines)
 
 
-def judge(verdict: str, entry: Entry | None) -> Outcome:
-    """Turn a measured verdict and the ledger's entry (if any) into a test outcome."""
+def judge(verdict: str, entry: Entry | None, covered: bool = True, strict: bool = False) -> Outcome:
+    """Turn a measured verdict and the ledger's entry (if any) into a test outcome.
+
+    ``covered``: whether the ledger has any entry for this model and settings; ``strict``:
+    judge a cell of uncovered settings as if it had a ``supported`` entry.
+    """
+    if entry is None and not covered and not strict:
+        return Outcome("unjudged", f"measured {verdict}; the ledger has no entries for these settings, so "
+                                   "the verdict is reported, not judged (--ledger-strict requires supported)")
     if entry is None:
         if verdict == "supported":
             return Outcome("pass", "supported")

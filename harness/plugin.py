@@ -58,6 +58,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "merge the reports with: python -m harness.report merge")
     group.addoption("--ledger", default=None, metavar="FILE",
                     help="known verdicts to compare with (default: claims/ledger.toml under the rootdir)")
+    group.addoption("--ledger-strict", action="store_true", default=False,
+                    help="fail a claim that is not supported when the ledger has no entries for the run's "
+                         "model and settings (default: such verdicts are reported, not judged)")
     group.addoption("--allow-pickle", action="store_true", default=False,
                     help="allow pickle checkpoints (*.bin); loading pickle runs code from the file")
     group.addoption("--trust-remote-code", action="store_true", default=False,
@@ -98,7 +101,7 @@ def read_options(config: pytest.Config) -> Any:
         shard=opt("shard"), allow_pickle=opt("allow_pickle"),
         trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
         max_batch=_positive(config, "max_batch"),
-        report_fresh=opt("report_fresh"), report_dir_named=bool(report_dir),
+        report_fresh=opt("report_fresh"), report_dir_named=bool(report_dir), ledger_strict=opt("ledger_strict"),
     )
 
 
@@ -372,16 +375,18 @@ def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject:
         settings = session.settings()
         ledger = session.ledger()
         entry = ledger.lookup(subject.identity, settings, row.claim, row.protocol)
-        outcome = judge(row.verdict, entry)
+        covers = ledger.covers(subject.identity, settings)
+        outcome = judge(row.verdict, entry, covered=covers, strict=session.options.ledger_strict)
+        expected = entry.verdict if entry else "" if outcome.kind == "unjudged" else "supported"
         row = dataclasses.replace(row, model=subject.identity, settings=settings, outcome=outcome.kind,
-                                  expected=entry.verdict if entry else "supported")
+                                  expected=expected)
         payload = {"claim": row.to_json(), "samples": [s.to_json() for s in evaluation.samples],
                    "provenance": session.provenance(subject),
-                   "ledger_covers": ledger.covers(subject.identity, settings),
+                   "ledger_covers": covers,
                    "work": cost.work.as_dict() if cost.work else None}
         request.node.user_properties.append(("harness", json.dumps(payload, default=str)))
         label = f"{row.claim}[{row.protocol}]"
-        if outcome.kind == "xfail":
+        if outcome.kind == "xfail" or (outcome.kind == "unjudged" and row.verdict != "supported"):
             pytest.xfail(f"{label}: {outcome.message}")
         if outcome.kind == "fail":
             pytest.fail(f"{label}: {outcome.message}. Why: {row.reason}", pytrace=False)

@@ -47,6 +47,7 @@ class RunOptions:
     window: int = 16
     report_fresh: bool = False  # replace the run already in report_dir
     report_dir_named: bool = True  # False: the default reports/<time>, renamed when taken
+    ledger_strict: bool = False  # settings without ledger entries: fail verdicts other than supported
 
     @property
     def seed_list(self) -> tuple[int, ...]:

@@ -42,5 +42,10 @@ def test_counts_coverage_and_the_closing_line():
     many = [_row(f"c{i}", verdict="refuted", outcome="fail", expected="supported") for i in range(7)]
     assert ledger_text(many, covered=False).endswith("c4 [corrected] refuted (expected supported) and 2 more")
     assert "no entries for these settings" in ledger_text(many, covered=False)
+    unjudged = [_row(f"u{i}", verdict=v, outcome="unjudged", expected="") for i, v in enumerate(("refuted", "invalid"))]
+    assert ledger_text(unjudged, covered=False) == (
+        "ledger: no entries for these settings, 2 verdicts reported, not judged (--ledger-strict fails those "
+        "not supported)")
+    assert "1 unexpected" in ledger_text(unjudged + many[:1], covered=False)  # a failure is still named
     whole = [dataclasses.replace(r, family_size=3) for r in rows]
     assert closing_line(whole).startswith("claims: 1 supported")

@@ -30,6 +30,17 @@ def test_judge_follows_the_ledger_rule(verdict, entry, kind):
     assert judge(verdict, entry).kind == kind
 
 
+@pytest.mark.parametrize("verdict", ["supported", "refuted", "inconclusive", "invalid"])
+def test_settings_without_any_entry_are_reported_not_judged_unless_strict(verdict):
+    assert judge(verdict, None, covered=False).kind == "unjudged"
+    assert f"measured {verdict}" in judge(verdict, None, covered=False).message
+    assert judge(verdict, None, covered=False, strict=True).kind == ("pass" if verdict == "supported" else "fail")
+    # A new claim where the settings are covered: it must be supported, strict or not.
+    assert judge(verdict, None, covered=True).kind == ("pass" if verdict == "supported" else "fail")
+    # An entry is judged whatever the coverage flag says.
+    assert judge(verdict, ENTRY, covered=False).kind == ("xfail" if verdict == "invalid" else "fail")
+
+
 def test_xfail_message_carries_the_recorded_reason_and_report():
     message = judge("invalid", ENTRY).message
     assert "patch changed nothing" in message and "r/summary.md" in message

@@ -199,7 +199,8 @@ def test_the_run_ends_with_the_claims_table_and_a_line_counting_verdicts(pyteste
     report = tmp_path / "r"
     result = pytester.runpytest_subprocess(*SMALL, "--report-dir", str(report), "--junitxml", str(tmp_path / "j.xml"))
     lines = result.stdout.str().rstrip().splitlines()
-    assert lines[-1] == "claims: 2 supported, 0 refuted, 0 inconclusive, 0 invalid; ledger: all as expected"
+    assert lines[-1] == ("claims: 2 supported, 0 refuted, 0 inconclusive, 0 invalid; ledger: no entries for "
+                         "these settings, 2 verdicts reported, not judged (--ledger-strict fails those not supported)")
     assert "passed" in lines[-2]  # pytest's own count, just before
     table = lines.index(next(x for x in lines if x.startswith("claim ") and " why" in x))
     assert "pairs" in lines[table] and "seeds" in lines[table] and "mapped" in lines[table]
@@ -242,6 +243,31 @@ def test_the_run_ends_with_the_claims_table_and_a_line_counting_verdicts(pyteste
     assert out.index(next(x for x in out if x.startswith("FAILED"))) < out.index(
         next(x for x in out if x.startswith("claim ") and " why" in x))
     assert any("kv-only-transfers" in x and "expected refuted" in x for x in out[:-1])
+
+
+NOT_SUPPORTED = CLAIM_FILE.replace('id="kv-only-transfers"', 'id="kv-only-above-100"').replace(
+    "threshold=-100.0", "threshold=100.0").replace('["original", "corrected"]', '["corrected"]')
+
+
+def test_settings_without_ledger_entries_report_verdicts_without_failing_unless_strict(pytester, tmp_path):
+    """A scaled-down run (settings the ledger never measured) reports its verdicts and exits 0,
+    saying so in its last line; --ledger-strict makes a verdict other than supported fail."""
+    (pytester.path / "claims").mkdir()
+    (pytester.path / "claims" / "test_claims.py").write_text(NOT_SUPPORTED)
+    result = pytester.runpytest_subprocess(*SMALL, "--seeds", "1", "--report-dir", str(tmp_path / "a"))
+    lines = result.stdout.str().rstrip().splitlines()
+    assert result.ret == pytest.ExitCode.OK, lines[-30:]
+    assert "1 xfailed" in lines[-2] and "reported, not judged" in lines[-1] and "1 unexpected" not in lines[-1]
+    assert any(x.startswith("kv-only-above-100 ") and " no entry " in x for x in lines)  # the table's ledger cell
+    with (tmp_path / "a" / "claims.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert row["verdict"] != "supported" and row["outcome"] == "unjudged" and row["expected"] == ""
+
+    result = pytester.runpytest_subprocess(*SMALL, "--seeds", "1", "--report-dir", str(tmp_path / "b"),
+                                           "--ledger-strict")
+    lines = result.stdout.str().rstrip().splitlines()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "1 unexpected (no entries for these settings: a claim without one must be supported)" in lines[-1]
 
 
 def test_reports_latest_is_left_alone_by_a_run_outside_reports(pytester, tmp_path):

@@ -104,8 +104,12 @@ def coverage_text(rows: Sequence[ClaimRow], complete: bool = True) -> str:
 def ledger_text(rows: Sequence[ClaimRow], covered: bool | None = None) -> str:
     """``ledger: all as expected``, or which cells' verdicts the ledger did not expect."""
     unexpected = [r for r in rows if r.outcome == "fail"]
+    unjudged = sum(1 for r in rows if r.outcome == "unjudged")
     if not rows:
         return "ledger: nothing to compare"
+    if unjudged and not unexpected:
+        return (f"ledger: no entries for these settings, {unjudged} verdict{'s' if unjudged != 1 else ''} "
+                "reported, not judged (--ledger-strict fails those not supported)")
     if not unexpected:
         return "ledger: all as expected"
     named = ", ".join(f"{r.claim} [{r.protocol}] {r.verdict} (expected {r.expected or 'supported'})"
