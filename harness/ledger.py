@@ -39,6 +39,8 @@ __all__ = ["Entry", "Ledger", "Outcome", "judge", "DEFAULT_LEDGER", "main"]
 
 DEFAULT_LEDGER = Path("claims") / "ledger.toml"
 _FIELDS = ("model", "settings", "claim", "protocol", "verdict", "reason", "report")
+#: The verdicts a ledger can record (``harness.stats.Verdict``'s values; not imported: stats needs numpy).
+_VERDICTS = ("supported", "refuted", "inconclusive", "invalid")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,14 @@ class Ledger:
             if missing:
                 raise HarnessValueError(f"{path}: verdict entry {i} lacks {', '.join(missing)}; "
                                         "regenerate it with `python -m harness.ledger update REPORT_DIR`")
-            entries.append(Entry(**{f: str(raw[f]) for f in _FIELDS}))
+            wrong = [f for f in _FIELDS if not isinstance(raw[f], str)]
+            if wrong:
+                raise HarnessValueError(f"{path}: verdict entry {i}: {wrong[0]} = {raw[wrong[0]]!r}; expected a "
+                                        "quoted string; regenerate it with `python -m harness.ledger update REPORT_DIR`")
+            if raw["verdict"] not in _VERDICTS:
+                raise HarnessValueError(f"{path}: verdict entry {i}: verdict = {raw['verdict']!r}; expected one of "
+                                        f"{', '.join(_VERDICTS)}; fix the entry or regenerate the ledger")
+            entries.append(Entry(**{f: raw[f] for f in _FIELDS}))
         return cls(entries, path)
 
     def lookup(self, model: str, settings: str, claim: str, protocol: str) -> Entry | None:

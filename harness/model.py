@@ -177,7 +177,8 @@ def load_subject(
     local = is_local_spec(text)
     if local:
         check_local_folder(folder, allow_pickle=allow_pickle)
-        source, name = str(folder), folder.name if folder != TOY_MODEL_DIR else "toy"
+        # The toy by any path to it (harness/toy/model, a link) is the toy: one ledger identity.
+        source, name = str(folder), folder.name if folder.resolve() != TOY_MODEL_DIR.resolve() else "toy"
     else:
         source, name = text, text
 

@@ -41,6 +41,13 @@ def test_settings_without_any_entry_are_reported_not_judged_unless_strict(verdic
     assert judge(verdict, ENTRY, covered=False).kind == ("xfail" if verdict == "invalid" else "fail")
 
 
+def test_the_ledgers_verdict_names_are_the_verdict_rules():
+    from harness.ledger import _VERDICTS
+    from harness.stats import Verdict
+
+    assert set(_VERDICTS) == {v.value for v in Verdict}
+
+
 def test_xfail_message_carries_the_recorded_reason_and_report():
     message = judge("invalid", ENTRY).message
     assert "patch changed nothing" in message and "r/summary.md" in message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,13 @@ def test_toy_is_the_default_subject():
     assert subject.name == "toy"
     assert subject.n_layers == 32
     assert subject.identity.startswith("toy@")
+
+
+def test_the_toy_by_its_own_path_has_the_toys_identity(monkeypatch):
+    """``--model harness/toy/model`` is the toy: the ledger's entries for it apply."""
+    from harness.toy import TOY_MODEL_DIR
+
+    monkeypatch.chdir(TOY_MODEL_DIR.parents[2])
+    assert Path("harness/toy/model").is_dir()
+    by_path = load_subject("harness/toy/model")
+    assert by_path.name == "toy" and by_path.identity == load_subject().identity

@@ -113,6 +113,38 @@ def test_a_malformed_ledger(pytester, loads, tmp_path):
     refused(pytester, loads, "--ledger", str(ledger), match="--ledger *: unreadable ledger*")
 
 
+ENTRY = ('[[verdict]]\nmodel = "m"\nsettings = "s"\nclaim = "c"\nprotocol = "corrected"\nverdict = {}\n'
+         'reason = "r"\nreport = "x"\n')
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (ENTRY.format(3), "--ledger *: *verdict entry 1: verdict = 3; expected a quoted string*"),
+    (ENTRY.format('"supportd"'), "--ledger *: *verdict entry 1: verdict = 'supportd'; expected one of supported, "
+                                 "refuted, inconclusive, invalid*"),
+])
+def test_a_ledger_entry_of_the_wrong_type_or_verdict(pytester, loads, tmp_path, content, match):
+    ledger = tmp_path / "ledger.toml"
+    ledger.write_text(content)
+    refused(pytester, loads, "--ledger", str(ledger), match=match)
+
+
+def test_a_ledger_path_that_is_missing_or_a_folder_is_not_an_empty_ledger(pytester, loads, tmp_path):
+    refused(pytester, loads, "--ledger", "typo.toml",
+            match="--ledger 'typo.toml': no such file; expected a TOML file of known verdicts*")
+    refused(pytester, loads, "--ledger", str(tmp_path), match="--ledger *: a folder; expected a TOML file*")
+
+
+def test_more_pairs_than_the_bank_has_are_refused_with_its_size(pytester, loads, tmp_path):
+    from harness.prompts import default_pairs
+
+    n = len(default_pairs())
+    refused(pytester, loads, "--pairs", "99999",
+            match=f"--pairs 99999: the bundled toy bank has {n} pairs; expected at most {n}; pass --pairs {n}*")
+    pairs = write_pairs(tmp_path / "p.jsonl", {"baseline": LONG[:200], "champion": LONG[:210]})
+    refused(pytester, loads, "--prompts", str(pairs), "--pairs", "2",
+            match="--pairs 2: --prompts *p.jsonl has 1 pairs; expected at most 1*")
+
+
 def test_a_report_dir_that_is_a_file(pytester, loads, tmp_path):
     (tmp_path / "afile").write_text("")
     refused(pytester, loads, "--report-dir", str(tmp_path / "afile"),

@@ -157,3 +157,11 @@ def test_spread_takes_pairs_from_every_part_of_the_bundled_bank():
     assert [bank.index(p) for p in chosen] == sorted(bank.index(p) for p in chosen)
     assert {p.id[:2] for p in chosen} == {"eq", "cl", "bl"}
     assert spread(bank, None) == bank and spread(bank, 100) == bank
+
+
+def test_a_byte_order_mark_at_the_start_of_a_prompts_file_is_accepted(tmp_path):
+    line = json.dumps({"id": "a", "baseline": "one two", "champion": "three four"})
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes("\ufeff".encode() + (line + "\n").encode())
+    (pair,) = load_pairs(path)
+    assert (pair.id, pair.baseline, pair.champion) == ("a", "one two", "three four")

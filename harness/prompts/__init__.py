@@ -101,7 +101,7 @@ def load_pairs(path: str | Path) -> list[Pair]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (editors on Windows) is not text
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise _fail(path, None, f"cannot read the prompts file ({reason})",
