@@ -287,7 +287,7 @@ class Runner(Scoring):
         # prompt token, fed once next; the original splices whole caches.
         champion = self.cache(pair.champion, without_last=not protocol.refeed_last)
         keep_first = 1 if self.tokenizer.bos_token_id is not None else 0
-        return splice(target, champion, kv_layers, self.alignment(protocol), rotary_emb=self.layout.rotary_emb,
+        return splice(target, champion, kv_layers, self.alignment(protocol), rotary_emb=self.layout.rope,
                       keep_first=keep_first)
 
     def _prepare(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...],

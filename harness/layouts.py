@@ -74,6 +74,7 @@ class Layout:
     fused = ""
     output_proj = ""
     mlp = "mlp"
+    rotary_style = "half"
 
     def __init__(self, model: Any, source_depth: int = SOURCE_DEPTH) -> None:
         self.model = model
@@ -124,6 +125,16 @@ class Layout:
     def rotary_emb(self) -> Any:
         """The rotary embedding, ``rotary_emb(x, position_ids) -> (cos, sin)``; None for absolute positions."""
         return _get(self.model, self.rotary) if self.rotary else None
+
+    @property
+    def rope(self) -> Any:
+        """The rotary embedding per layer as :mod:`harness.rope` moves keys with it
+        (:class:`harness.rope.Rope`: modules, layer types, pair style); None for absolute positions."""
+        if not self.rotary:
+            return None
+        from harness.rope import Rope  # torch: only once a model is loaded
+
+        return Rope.single(self.rotary_emb, self.n_layers, style=self.rotary_style)
 
     @property
     def num_kv_heads(self) -> int:
