@@ -21,7 +21,7 @@ import torch
 from harness.compat import cache_from_kwargs, cache_kwarg, cache_layers, new_cache, output_cache
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
 from harness.rope import as_rope
-from harness.sites import sliding_window_of
+from harness.sites import rope_switch_text, sliding_window_of
 
 __all__ = [
     "ALIGNMENTS",
@@ -32,6 +32,7 @@ __all__ = [
     "snapshot",
     "prefill",
     "check_fits_window",
+    "check_rope_switch",
     "unpad",
     "resolve_layers",
     "splice",
@@ -143,6 +144,16 @@ def check_fits_window(config: Any, length: int) -> None:
             f"tokens) does not fit the model's attention window; use prompts and --gen-tokens "
             f"that total at most {window} positions"
         )
+
+
+def check_rope_switch(config: Any, length: int) -> None:
+    """Refuse a run whose sequences reach ``length`` positions beyond a LongRoPE model's switch to
+    its long factors: one prefill of one sequence is consistent on either side, but a batch of
+    prompts on both sides, or a generation that crosses it, is not (see
+    :func:`harness.sites.rope_switch_text`)."""
+    text = rope_switch_text(config, length)
+    if text is not None:
+        raise HarnessValueError(text)
 
 
 def prefill(

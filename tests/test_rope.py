@@ -133,3 +133,21 @@ def test_phi3_longrope_moves_keys_across_the_threshold(ls: int, lt: int) -> None
             cos, sin = m.model.rotary_emb(x, torch.arange(ls)[None] + (lt - ls))
             expected = phi3.apply_rotary_pos_emb(k, k, cos, sin)[1]
             torch.testing.assert_close(spliced.keys[i][:, :, lt - n :], expected[:, :, ls - n :], **TOL)
+
+
+def test_a_run_that_crosses_the_longrope_switch_is_refused_and_one_below_it_runs() -> None:
+    """Batched prompts on both sides of the switch, or a generation across it, would mix two factor
+    sets: the runner refuses; with the switch beyond every sequence the corrected arm runs."""
+    from tiny import KV_ONLY, tiny_subject
+
+    from harness.generate import CORRECTED, Runner
+    from harness.prompts import default_pairs
+
+    rope = {"rope_type": "longrope", "short_factor": [1.0, 1.3, 1.7] * 2, "long_factor": [1.5, 3.0, 5.5] * 2}
+    pair = default_pairs()[0]
+    low = Runner(tiny_subject(tiny_phi3, rope_scaling=dict(rope), original_max_position_embeddings=THRESHOLD))
+    with pytest.raises(HarnessValueError, match=r"rope_type 'longrope': \d+ positions exceed "
+                                                r"original_max_position_embeddings 32"):
+        low.run(pair, KV_ONLY, CORRECTED.with_(gen_tokens=20), (0,))
+    high = Runner(tiny_subject(tiny_phi3, rope_scaling=dict(rope), original_max_position_embeddings=96))
+    assert len(high.run(pair, KV_ONLY, CORRECTED.with_(gen_tokens=4), (0,)).tokens[0]) >= 1
