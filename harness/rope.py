@@ -62,7 +62,8 @@ class Rope:
     """A model's rotary embedding per layer, as its layout declares it.
 
     ``modules[i]`` is layer i's rotary module (``module(x, position_ids[, layer_type]) ->
-    (cos, sin)``, each ``(batch, seq, w)``); ``layer_types[i]`` the argument that selects
+    (cos, sin)``, each ``(batch, seq, w)``), None where the layer has no rotary embedding (its
+    keys carry no position: Cohere 2's global layers) and keys move unchanged; ``layer_types[i]`` the argument that selects
     layer i's frequencies in a module shared by layer types (None: the module takes none);
     ``style`` the pair convention (:data:`STYLES`).
     """
@@ -84,7 +85,7 @@ class Rope:
 
     def _check_stateless(self, layer: int, length: int) -> None:
         module, layer_type = self.modules[layer], self.layer_types[layer]
-        if "dynamic" in _rope_type(module, layer_type):
+        if module is not None and "dynamic" in _rope_type(module, layer_type):
             limit = int(getattr(module, "original_max_seq_len", 0) or 0)
             if length > limit:
                 raise HarnessValueError(
@@ -114,7 +115,7 @@ class Rope:
         """Keys of the last n slots of a ``len_s`` sequence, (batch, heads, n, head_dim), moved to the
         last n slots of a ``len_t`` one (a shift of ``len_t - len_s``). float32 math, keys' dtype out."""
         n = keys.shape[-2]
-        if n == 0 or len_s == len_t:  # the same call, the same tables: nothing moves
+        if n == 0 or len_s == len_t or self.modules[layer] is None:  # the same tables, or no position
             return keys.clone()
         cos_s, sin_s = self.tables(layer, len_s, keys.device)
         cos_t, sin_t = self.tables(layer, len_t, keys.device)

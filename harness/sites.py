@@ -54,7 +54,10 @@ SOURCE_DEPTH = 32
 
 #: model_type values whose layout is ``model.model.layers[L].self_attn.{q,k,v,o}_proj``,
 #: ``.mlp`` and ``model.model.rotary_emb``.
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("gemma", "gemma2", "llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    "cohere", "cohere2", "gemma", "gemma2", "gemma3_text", "granite", "llama", "mistral", "mixtral", "olmo2",
+    "olmo3", "phi", "qwen2", "qwen3", "qwen3_moe", "stablelm",
+)
 
 #: model_type values with a fused QKV projection that a layout in :mod:`harness.layouts`
 #: slices (``v_proj`` is the value part of the fused output), with the fused module.

@@ -27,15 +27,20 @@ from typing import Any
 
 from harness.layouts.base import Layout
 from harness.layouts.gpt2 import GPT2Layout
-from harness.layouts.llama import LlamaLayout
+from harness.layouts.llama import Cohere2Layout, CohereLayout, LayerTypeRopeLayout, LlamaLayout, MixtralLayout, PhiLayout
 from harness.layouts.neox import GPTNeoXLayout
 from harness.layouts.phi import Phi3Layout
 from harness.sites import SOURCE_DEPTH, _config_get, check_architecture
 
 __all__ = ["Layout", "LlamaLayout", "GPT2Layout", "GPTNeoXLayout", "Phi3Layout", "LAYOUTS", "layout_for"]
 
-#: The adapter of each fused model_type; every Llama-family type uses :class:`LlamaLayout`.
-LAYOUTS: dict[str, type[Layout]] = {"gpt2": GPT2Layout, "gpt_neox": GPTNeoXLayout, "phi3": Phi3Layout}
+#: The adapter of each model_type that differs from the plain Llama layout; every other supported
+#: type uses :class:`LlamaLayout`.
+LAYOUTS: dict[str, type[Layout]] = {
+    "gpt2": GPT2Layout, "gpt_neox": GPTNeoXLayout, "phi3": Phi3Layout, "phi": PhiLayout,
+    "cohere": CohereLayout, "cohere2": Cohere2Layout, "gemma3_text": LayerTypeRopeLayout,
+    "olmo3": LayerTypeRopeLayout, "mixtral": MixtralLayout,
+}
 
 
 def layout_for(model: Any, source_depth: int = SOURCE_DEPTH) -> Layout:
