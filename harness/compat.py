@@ -5,6 +5,8 @@
 - A cache's per-layer tensors: ``cache.layers[i].keys`` (4.56+ and 5.x; legacy tuples
   ``((k, v), ...)`` are still read).
 - The loading argument for the weights dtype: ``torch_dtype=`` (4.x) or ``dtype=`` (5.x).
+- A config's rope settings: ``rope_scaling`` (4.x, ``type`` or ``rope_type``) or
+  ``rope_parameters`` (5.x, possibly one dict per layer type).
 
 Nothing else in the harness checks the library's version.
 """
@@ -18,7 +20,7 @@ from typing import Any
 from harness.errors import HarnessValueError
 
 __all__ = ["cache_kwarg", "output_cache", "cache_from_kwargs", "cache_layers", "new_cache", "dtype_kwarg",
-           "transformers_major"]
+           "transformers_major", "rope_settings"]
 
 
 def transformers_major() -> int:
@@ -81,3 +83,27 @@ def cache_layers(cache: Any) -> list[tuple[Any, Any]]:
     if layers is None:
         raise HarnessValueError(f"unsupported cache type {type(cache).__name__}")
     return [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in layers]
+
+
+def rope_settings(config: Any) -> list[dict[str, Any]]:
+    """Every rope parameter dict of a config (object or ``config.json`` dict), each with ``rope_type``.
+
+    4.x keeps them in ``rope_scaling`` (None for the default rope; older files say ``type``), 5.x in
+    ``rope_parameters``, one dict per layer type where layer types differ (Gemma 3). Empty when
+    the config names none (the default rope)."""
+    from collections.abc import Mapping
+
+    def get(key: str) -> Any:
+        return config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+
+    found = []
+    for key in ("rope_parameters", "rope_scaling"):
+        value = get(key)
+        if not isinstance(value, Mapping):
+            continue
+        dicts = [v for v in value.values() if isinstance(v, Mapping)] or [value]
+        for d in dicts:
+            kind = d.get("rope_type") or d.get("type") or "default"
+            found.append({**d, "rope_type": str(kind)})
+        break
+    return found

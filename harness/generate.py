@@ -54,7 +54,7 @@ from transformers import StoppingCriteriaList
 
 from harness import progress
 from harness.errors import HarnessLookupError, HarnessValueError
-from harness.kv import cache_kwarg, check_fits_window, prefill, splice, stack_left_padded, unpad
+from harness.kv import cache_kwarg, check_fits_window, check_rope_switch, prefill, splice, stack_left_padded, unpad
 from harness.patches import PatchCount, PatchSpec, RowGroup, install, norm_matched_random, record, source_site
 from harness.records import CORRECTED, ORIGINAL, PROTOCOLS, ArmResult, Intervention, Protocol, get_protocol
 from harness.sampling import SeededSampler, batch_rows
@@ -207,6 +207,7 @@ class Runner(Scoring):
         ids, mask, snap, pads = self._stack(prepared)
         flat = tuple(s for p in prepared for s in p.seeds)
         check_fits_window(self.model.config, ids.shape[1] + protocol.gen_tokens)
+        check_rope_switch(self.model.config, ids.shape[1] + protocol.gen_tokens)
         with self._installed(prepared, specs, pads) as handles:
             raw = self._generate(ids, mask, snap, protocol, flat, self._top_k(arm, protocol))
         name = arm if isinstance(arm, str) else arm.name
@@ -287,7 +288,7 @@ class Runner(Scoring):
         # prompt token, fed once next; the original splices whole caches.
         champion = self.cache(pair.champion, without_last=not protocol.refeed_last)
         keep_first = 1 if self.tokenizer.bos_token_id is not None else 0
-        return splice(target, champion, kv_layers, self.alignment(protocol), rotary_emb=self.layout.rotary_emb,
+        return splice(target, champion, kv_layers, self.alignment(protocol), rotary_emb=self.layout.rope,
                       keep_first=keep_first)
 
     def _prepare(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...],

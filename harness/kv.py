@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from harness.compat import cache_from_kwargs, cache_kwarg, cache_layers, new_cache, output_cache
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
-from harness.sites import sliding_window_of
+from harness.rope import as_rope
+from harness.sites import rope_switch_text, sliding_window_of
 
 __all__ = [
     "ALIGNMENTS",
@@ -31,6 +32,7 @@ __all__ = [
     "snapshot",
     "prefill",
     "check_fits_window",
+    "check_rope_switch",
     "unpad",
     "resolve_layers",
     "splice",
@@ -144,6 +146,16 @@ def check_fits_window(config: Any, length: int) -> None:
         )
 
 
+def check_rope_switch(config: Any, length: int) -> None:
+    """Refuse a run whose sequences reach ``length`` positions beyond a LongRoPE model's switch to
+    its long factors: one prefill of one sequence is consistent on either side, but a batch of
+    prompts on both sides, or a generation that crosses it, is not (see
+    :func:`harness.sites.rope_switch_text`)."""
+    text = rope_switch_text(config, length)
+    if text is not None:
+        raise HarnessValueError(text)
+
+
 def prefill(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
@@ -196,53 +208,21 @@ def resolve_layers(layers: Any, n_layers: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _shift_rotation(
-    rotary_emb: Any, shift: int, head_dim: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin (rotary_dim,) of a rotation by ``shift`` positions, from the model's rotary_emb.
+def rerotate_keys(keys: torch.Tensor, shift: int, rotary_emb: Any, layer: int = 0, len_s: int | None = None,
+                  n_layers: int | None = None) -> torch.Tensor:
+    """Move rotated keys (batch, heads, seq, head_dim), the last slots of a ``len_s``-slot sequence
+    (default: ``seq``), by ``shift`` positions.
 
-    ``rotary_dim`` is the width the model rotates: all of ``head_dim``, or its first part
-    under a partial rotary embedding (GPT-NeoX's ``rotary_pct``, Phi's
-    ``partial_rotary_factor``), where cos/sin are that narrower. The rotary module may
-    scale cos/sin by an attention factor (YaRN and the like); position 0 gives cos = factor,
-    sin = 0, so dividing by it leaves a pure rotation.
+    A key cached at position p is R(p) k; it becomes R(p + shift) k, with the angle tables of
+    the sequence it came from and of the one it goes to (see :mod:`harness.rope`: exact for
+    LongRoPE's sequence-dependent factor set, YaRN's attention factor, partial and interleaved
+    rotary). ``rotary_emb``: a layout's ``rope`` (:class:`harness.rope.Rope`) or a bare rotary module.
     """
-    inv_freq = getattr(rotary_emb, "inv_freq", None)
-    rope_device = inv_freq.device if isinstance(inv_freq, torch.Tensor) else device
-    probe = torch.zeros(1, dtype=torch.float32, device=rope_device)
-    positions = torch.tensor([[shift, 0]], dtype=torch.long, device=rope_device)
-    with torch.no_grad():
-        cos, sin = rotary_emb(probe, positions)
-    width = cos.shape[-1]
-    if width > head_dim or width % 2:
-        raise HarnessValueError(
-            f"rotary embedding covers {width} dims of a {head_dim}-dim head; expected an even "
-            "number of dims, at most the head's"
-        )
-    scale = cos[0, 1].float()
-    return (cos[0, 0].float() / scale).to(device), (sin[0, 0].float() / scale).to(device)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    # The Llama / GPT-NeoX / Phi convention: dims (i, i + d/2) of the rotated width form one pair.
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def rerotate_keys(keys: torch.Tensor, shift: int, rotary_emb: Any) -> torch.Tensor:
-    """Move rotated keys (batch, heads, seq, head_dim) by ``shift`` positions.
-
-    A key cached at position p is R(p) k; RoPE rotations compose, so
-    R(shift) R(p) k = R(p + shift) k. Under a partial rotary embedding only the first
-    ``rotary_dim`` dims were rotated (the rest carry no position) and only they move.
-    Computed in float32, returned in keys' dtype.
-    """
+    len_s = keys.shape[-2] if len_s is None else len_s
     if shift == 0:
         return keys.clone()
-    cos, sin = _shift_rotation(rotary_emb, shift, keys.shape[-1], keys.device)
-    k32 = keys.float()
-    rot, rest = k32[..., : cos.shape[-1]], k32[..., cos.shape[-1] :]
-    return torch.cat((rot * cos + _rotate_half(rot) * sin, rest), dim=-1).to(keys.dtype)
+    rope = as_rope(rotary_emb, n_layers if n_layers is not None else layer + 1)
+    return rope.move(keys, layer, len_s, len_s + shift)
 
 
 def splice(
@@ -276,8 +256,8 @@ def splice(
       ``len_t - len_s``), values copied; the target's first ``keep_first`` slots
       (BOS) are kept. With equal lengths the result is the source, but for
       those first slots.
-      Needs ``rotary_emb`` (``Layout.rotary_emb``; partial rotary embeddings move only
-      the rotated dims). Not for absolute positions (GPT-2): there a position is in
+      Needs ``rotary_emb`` (``Layout.rope``, or a bare rotary module; partial rotary
+      embeddings move only the rotated dims; see :mod:`harness.rope`). Not for absolute positions (GPT-2): there a position is in
       the hidden states of every layer, not a rotation of the keys, so no key can be
       moved; use ``"left"``, which keeps every slot at its own position. Distances among the
       moved tokens, and from them to new tokens, are exact; their distance to
@@ -293,7 +273,7 @@ def splice(
     if align == "right-rerotated" and rotary_emb is None:
         raise HarnessValueError(
             "alignment 'right-rerotated' needs the model's rotary embedding (pass "
-            "rotary_emb=layout.rotary_emb); a model with absolute positions has none: use 'left'"
+            "rotary_emb=layout.rope); a model with absolute positions has none: use 'left'"
         )
     for name in ("n_layers", "batch", "n_kv_heads", "head_dim"):
         t, s = getattr(target, name), getattr(source, name)
@@ -302,6 +282,7 @@ def splice(
     if isinstance(keep_first, bool) or keep_first not in (0, 1):
         raise HarnessValueError(f"keep_first {keep_first!r}; expected 1 (keep BOS) or 0 (no BOS)")
     chosen = set(resolve_layers(layers, target.n_layers))
+    rope = as_rope(rotary_emb, target.n_layers) if align == "right-rerotated" else None
     len_t, len_s = target.seq_len, source.seq_len
     n = min(len_t, len_s) - (keep_first if align == "right-rerotated" else 0)
     keys, values = [], []
@@ -314,7 +295,7 @@ def splice(
                 v[:, :, :n] = sv[:, :, :n].to(v.device, v.dtype)
             else:
                 if align == "right-rerotated":
-                    sk = rerotate_keys(sk[:, :, len_s - n :], len_t - len_s, rotary_emb)
+                    sk = rope.move(sk[:, :, len_s - n :], i, len_s, len_t)
                 k[:, :, len_t - n :] = sk[:, :, -n:].to(k.device, k.dtype)
                 v[:, :, len_t - n :] = sv[:, :, len_s - n :].to(v.device, v.dtype)
         keys.append(k)

@@ -168,7 +168,7 @@ def _n_tokens(tokenizer: Any, text: str) -> int:
 
 
 def _check_prompt_lengths(options: RunOptions) -> None:
-    from harness.sites import sliding_window_of
+    from harness.sites import rope_switch_text, sliding_window_of
     from harness.prompts import default_pairs, load_pairs
 
     pairs = load_pairs(options.prompts) if options.prompts else default_pairs()
@@ -198,6 +198,9 @@ def _check_prompt_lengths(options: RunOptions) -> None:
             f"generated, {total} positions; the model has {name} {limit}; shorten "
             "the prompt or lower --gen-tokens"
         )
+    switch = rope_switch_text(config, total)
+    if switch is not None:
+        raise PreflightError(f"{where}: pair {longest_id!r}: {switch}")
     window = sliding_window_of(config)
     if window is not None and total > window:
         raise PreflightError(

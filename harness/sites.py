@@ -40,6 +40,8 @@ __all__ = [
     "map_layer",
     "check_architecture",
     "sliding_window_of",
+    "rope_switch_of",
+    "rope_switch_text",
     "layout_for",
     "hooked_tensor",
     "with_replaced",
@@ -52,7 +54,10 @@ SOURCE_DEPTH = 32
 
 #: model_type values whose layout is ``model.model.layers[L].self_attn.{q,k,v,o}_proj``,
 #: ``.mlp`` and ``model.model.rotary_emb``.
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("gemma", "gemma2", "llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    "cohere", "cohere2", "gemma", "gemma2", "gemma3_text", "granite", "llama", "mistral", "mixtral", "olmo2",
+    "olmo3", "phi", "qwen2", "qwen3", "qwen3_moe", "stablelm",
+)
 
 #: model_type values with a fused QKV projection that a layout in :mod:`harness.layouts`
 #: slices (``v_proj`` is the value part of the fused output), with the fused module.
@@ -181,6 +186,32 @@ def sliding_window_of(config: Any) -> int | None:
     if _config_get(config, "use_sliding_window") is False:
         return None
     return int(window) if window else None
+
+
+def rope_switch_of(config: Any) -> int | None:
+    """The length beyond which a LongRoPE model rotates a whole sequence with its long factor set
+    (``original_max_position_embeddings``), or None when its rope does not switch."""
+    from harness.compat import rope_settings
+
+    for params in rope_settings(config):
+        if params["rope_type"] in ("longrope", "su"):  # "su": the name in early Phi-3 files
+            limit = params.get("original_max_position_embeddings") or _config_get(
+                config, "original_max_position_embeddings") or _config_get(config, "max_position_embeddings")
+            return int(limit) if limit else None
+    return None
+
+
+def rope_switch_text(config: Any, total: int) -> str | None:
+    """Why ``total`` positions are refused on a LongRoPE model, or None when they are fine."""
+    limit = rope_switch_of(config)
+    if limit is None or total <= limit:
+        return None
+    return (
+        f"rope_type 'longrope': {total} positions exceed original_max_position_embeddings {limit}, "
+        "where LongRoPE rotates the whole sequence with its long factors, so batched prompts of "
+        "both sides and a generation that crosses it hold keys of two frequency sets (not what a "
+        f"recomputation gives); use prompts and --gen-tokens that total at most {limit} positions"
+    )
 
 
 def check_architecture(config: Any) -> None:

@@ -107,6 +107,16 @@ def test_a_sliding_window_the_prompts_do_not_fit(pytester, loads, tmp_path):
             match="sliding_window 16: pair * has a prompt of * tokens, plus 24 generated, * positions*")
 
 
+def test_longrope_positions_beyond_its_switch_to_the_long_factors(pytester, loads, tmp_path):
+    from tiny import save_tiny, tiny_phi3
+
+    rope = {"rope_type": "longrope", "short_factor": [1.0] * 6, "long_factor": [4.0] * 6}
+    folder = save_tiny(tiny_phi3, tmp_path / "phi3", rope_scaling=rope, original_max_position_embeddings=32)
+    refused(pytester, loads, "--model", str(folder),
+            match="*pair *: rope_type 'longrope': * positions exceed original_max_position_embeddings 32, *"
+                  "total at most 32 positions")
+
+
 def test_a_malformed_ledger(pytester, loads, tmp_path):
     ledger = tmp_path / "ledger.toml"
     ledger.write_text("this is [ not toml")

@@ -202,3 +202,42 @@ def test_claim(verify, protocol):
 """
 #: The smallest run that still measures something: 2 pairs x 2 seeds x 5 tokens.
 SMALL = ("-p", "no:cacheprovider", "--pairs", "2", "--seeds", "2", "--gen-tokens", "5")
+
+
+# --------------------------------------------------------------------------- more families
+# One tiny model per family of the Llama layout's relatives, in _COMMON's sizes (4 heads of 8,
+# 2 KV heads) plus what makes the family itself: its MoE router, multipliers, partial or
+# interleaved rotary, layer types. Built by name from transformers, so a family missing from an
+# older library line is skipped by the test that asks for it.
+_HEAD_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+FAMILY_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM", dict(layer_types=_HEAD_TYPES, sliding_window=4096)),
+    "granite": ("GraniteConfig", "GraniteForCausalLM",
+                dict(embedding_multiplier=6.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
+                       mlp_only_layers=[], head_dim=8)),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(partial_rotary_factor=0.5)),
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(partial_rotary_factor=0.5)),
+    "cohere": ("CohereConfig", "CohereForCausalLM", dict(logit_scale=1.0)),
+    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM",
+                dict(logit_scale=1.0, layer_types=_HEAD_TYPES, sliding_window=4096)),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+                    dict(head_dim=8, layer_types=_HEAD_TYPES, sliding_window=4096, query_pre_attn_scalar=8)),
+}
+
+
+def family_builder(name: str) -> Any:
+    """The tiny builder of one family of :data:`FAMILY_CONFIGS` (same call as :func:`tiny_mistral`)."""
+    import transformers
+
+    config_name, model_name, extra = FAMILY_CONFIGS[name]
+
+    def build(seed: int = 0, **overrides: Any) -> tuple[Any, Any]:
+        return _build(getattr(transformers, config_name), getattr(transformers, model_name), seed,
+                      **{**extra, **overrides})
+
+    build.__name__ = f"tiny_{name}"
+    return build

@@ -1,0 +1,51 @@
+"""Layout adapters: where each site lives in a loaded model, behind one interface.
+
+The rest of the harness talks to a :class:`Layout` only: ``n_layers``, ``map``,
+``resolve(site) -> ResolvedSite``, ``num_kv_heads``, ``head_dim``, ``positions``
+and ``rotary_emb`` (None where positions are absolute). A subclass names the
+modules of one family:
+
+====================  =====================================  ====================================
+family                v_proj site                            positions
+====================  =====================================  ====================================
+Llama family          ``self_attn.v_proj`` output            rotary, ``model.model.rotary_emb``
+GPT-2                 V third of ``attn.c_attn`` (Conv1D)    absolute (learned ``wpe``)
+GPT-NeoX / Pythia     V of each head in ``query_key_value``  rotary, partial (``rotary_pct``)
+Phi-3                 V part of ``self_attn.qkv_proj``       rotary (``partial_rotary_factor``)
+====================  =====================================  ====================================
+
+On a fused projection the ``v_proj`` site is the value slice of the fused output
+(:class:`harness.sites.FusedPart`), laid out as an unfused ``v_proj`` output
+(batch, T, kv_heads * head_dim), head-major; hooks read and replace only that slice.
+The attention output (``attn_out``) is the output projection, ``mlp_out`` the MLP,
+``resid_pre`` / ``resid_post`` the decoder block's input / output. No torch at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.layouts.base import Layout
+from harness.layouts.gpt2 import GPT2Layout
+from harness.layouts.llama import Cohere2Layout, CohereLayout, LayerTypeRopeLayout, LlamaLayout, MixtralLayout, PhiLayout
+from harness.layouts.neox import GPTNeoXLayout
+from harness.layouts.phi import Phi3Layout
+from harness.sites import SOURCE_DEPTH, _config_get, check_architecture
+
+__all__ = ["Layout", "LlamaLayout", "GPT2Layout", "GPTNeoXLayout", "Phi3Layout", "LAYOUTS", "layout_for"]
+
+#: The adapter of each model_type that differs from the plain Llama layout; every other supported
+#: type uses :class:`LlamaLayout`.
+LAYOUTS: dict[str, type[Layout]] = {
+    "gpt2": GPT2Layout, "gpt_neox": GPTNeoXLayout, "phi3": Phi3Layout, "phi": PhiLayout,
+    "cohere": CohereLayout, "cohere2": Cohere2Layout, "gemma3_text": LayerTypeRopeLayout,
+    "olmo3": LayerTypeRopeLayout, "mixtral": MixtralLayout,
+}
+
+
+def layout_for(model: Any, source_depth: int = SOURCE_DEPTH) -> Layout:
+    """The adapter for a loaded model; refuses unsupported layouts (UnsupportedModelError)."""
+    config = getattr(model, "config", {}) or {}
+    check_architecture(config)
+    cls = LAYOUTS.get(str(_config_get(config, "model_type")), LlamaLayout)
+    return cls(model, source_depth=source_depth)
