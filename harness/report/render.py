@@ -90,6 +90,9 @@ def status_lines(run: Run) -> list[str]:
         done = coverage_text(claims, complete=False) if claims else "no claim cell"
         out = [f"> **INCOMPLETE RUN**: the run did not finish{why}; only {done} finished. "
                "Verdicts below cover those only.", ""]
+        if run.extra.get("missing_samples"):
+            out += [f"`results.jsonl` has {len(run.results)} of the {len(run.results) + run.extra['missing_samples']} "
+                    f"samples the run wrote: {run.extra['missing_samples']} missing (a cut or damaged file).", ""]
         if run.extra.get("missing_shards"):
             out += [f"Shards with no report folder: {', '.join(run.extra['missing_shards'])}.", ""]
         missing = run.provenance.get("missing") or []
