@@ -175,9 +175,16 @@ def _check_prompt_lengths(options: RunOptions) -> None:
     tokenizer, config = _tokenizer_and_config(options.model, options.trust_remote_code)
     where = f"--prompts {options.prompts}" if options.prompts else "the bundled bank"
     longest, longest_id = 0, ""
+    vocab = getattr(config, "vocab_size", None)
     for pair in pairs:
         for role in ("baseline", "champion"):
             n = _n_tokens(tokenizer, getattr(pair, role))
+            top = max(tokenizer(getattr(pair, role), verbose=False).input_ids, default=0)
+            if vocab is not None and top >= int(vocab):
+                raise PreflightError(
+                    f"{where}: pair {pair.id!r} has a {role} with token id {top}; the model's embedding has "
+                    f"vocab_size {vocab} rows (ids 0..{int(vocab) - 1}); the tokenizer does not match the "
+                    "weights: use the model's own tokenizer")
             if n < options.window:
                 raise PreflightError(
                     f"{where}: pair {pair.id!r} has a {role} of {n} tokens; expected at least the "

@@ -107,6 +107,33 @@ def test_a_sliding_window_the_prompts_do_not_fit(pytester, loads, tmp_path):
             match="sliding_window 16: pair * has a prompt of * tokens, plus 24 generated, * positions*")
 
 
+@pytest.mark.parametrize(("cut", "match"), [
+    (0.5, "*model.safetensors: not a whole safetensors file (its tensors need * bytes, the file has *)*"),
+    (None, "*model.safetensors: not a whole safetensors file (unreadable header*"),
+])
+def test_a_cut_or_corrupt_safetensors_file(pytester, loads, tmp_path, cut, match):
+    folder = tmp_path / "damaged"
+    shutil.copytree(TOY_MODEL_DIR, folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * cut)] if cut else data[:8] + b"{not json" + data[17:])
+    refused(pytester, loads, "--model", str(folder), match=match)
+
+
+def test_an_embedding_smaller_than_the_tokenizers_ids(pytester, loads, tmp_path):
+    folder = tmp_path / "small-vocab"
+    shutil.copytree(TOY_MODEL_DIR, folder)
+    from harness.prompts import default_pairs
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
+    top = max(max(tokenizer(getattr(p, r)).input_ids) for p in default_pairs() for r in ("baseline", "champion"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": top}))  # one row short of the top id
+    refused(pytester, loads, "--model", str(folder),
+            match=f"the bundled bank: pair * with token id {top}; the model's embedding has vocab_size "
+                  f"{top} rows (ids 0..{top - 1}); the tokenizer does not match the weights*")
+
+
 def test_a_malformed_ledger(pytester, loads, tmp_path):
     ledger = tmp_path / "ledger.toml"
     ledger.write_text("this is [ not toml")
