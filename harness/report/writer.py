@@ -44,9 +44,15 @@ class Run:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write beside, then rename: the old file stays whole if the write fails (a full disk),
+    and no ``.tmp`` is left behind."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def dump_sample(row: SampleRow) -> str:
