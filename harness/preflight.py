@@ -71,6 +71,7 @@ def preflight(options: RunOptions) -> None:
     if options.report_dir is not None:
         _check_report_dir(options.report_dir)
     _check_prompt_lengths(options)
+    check_memory(options)
 
 
 def check_device_available(device: str) -> None:
@@ -135,6 +136,50 @@ def _check_report_dir(path: Path) -> None:
                 folder.rmdir()
             except OSError:
                 break
+
+
+#: Bytes a run holds per generated sample: measured about 4 KB of Python objects per sample at 24
+#: tokens (ids, text, metrics), held again as the test report's JSON and by the report writer.
+SAMPLE_BYTES, SAMPLE_TOKEN_BYTES = 12_000, 40
+#: The fewest samples a claims run holds: every pair x seed of baseline, champion and one intervention,
+#: under both protocols (the suite's arms are several times that).
+MIN_ARMS_HELD = 3 * 2
+
+
+def samples_bytes(pairs: int, seeds: int, gen_tokens: int) -> int:
+    """A lower bound on the memory a run holds for its samples (bytes)."""
+    return pairs * seeds * MIN_ARMS_HELD * (SAMPLE_BYTES + SAMPLE_TOKEN_BYTES * gen_tokens)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(options: RunOptions, available: int | None = None) -> None:
+    """Refuse a run whose samples alone would not fit in memory (the kernel would kill it later,
+    with no message and no report)."""
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    from harness.prompts import default_pairs, load_pairs
+
+    bank = len(load_pairs(options.prompts) if options.prompts else default_pairs())
+    pairs = min(options.pairs or bank, bank)
+    need = samples_bytes(pairs, options.seeds, options.gen_tokens)
+    if need > available:
+        fit = max(available // max(need // options.seeds, 1), 1)
+        raise PreflightError(
+            f"--seeds {options.seeds}: {pairs} pairs x {options.seeds} seeds need at least {need / 2**30:.1f} GiB "
+            f"for their samples, this machine has {available / 2**30:.1f} GiB available; expected at most about "
+            f"{fit} seeds here; lower --seeds (or --pairs)")
 
 
 @functools.lru_cache(maxsize=8)

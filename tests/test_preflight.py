@@ -134,6 +134,27 @@ def test_an_embedding_smaller_than_the_tokenizers_ids(pytester, loads, tmp_path)
                   f"{top} rows (ids 0..{top - 1}); the tokenizer does not match the weights*")
 
 
+def test_seeds_beyond_memory_are_refused_before_the_run(pytester, loads):
+    from harness.preflight import available_memory
+
+    if available_memory() is None:
+        pytest.skip("no /proc/meminfo here")
+    refused(pytester, loads, "--seeds", "10000000",
+            match="--seeds 10000000: 24 pairs x 10000000 seeds need at least * GiB for their samples, this machine "
+                  "has * GiB available; expected at most about * seeds here; lower --seeds (or --pairs)")
+
+
+def test_the_memory_bound_refuses_just_above_what_is_available():
+    from harness.preflight import PreflightError, RunOptions, check_memory, samples_bytes
+
+    options = RunOptions(pairs=4, seeds=10, gen_tokens=24)
+    need = samples_bytes(4, 10, 24)
+    assert need == 4 * 10 * 6 * (12_000 + 40 * 24)
+    check_memory(options, available=need)  # fits exactly: no refusal
+    with pytest.raises(PreflightError, match="^--seeds 10: 4 pairs x 10 seeds need at least .*about 9 seeds here"):
+        check_memory(options, available=need - 1)
+
+
 def test_a_malformed_ledger(pytester, loads, tmp_path):
     ledger = tmp_path / "ledger.toml"
     ledger.write_text("this is [ not toml")
