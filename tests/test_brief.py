@@ -35,6 +35,8 @@ def test_counts_coverage_and_the_closing_line():
             _row("b", "original", verdict="refuted", outcome="fail", expected="supported", family_size=35)]
     assert counts_text(rows) == "1 supported, 1 refuted, 0 inconclusive, 1 invalid"
     assert coverage_text(rows).startswith("3 of the family's 35 claim x protocol cells (2 claims)")
+    assert coverage_text(rows, complete=False) == ("3 of the family's 35 claim x protocol cells (2 claims) "
+                                                   "finished; the others did not run or did not finish")
     assert ledger_text(rows[:2]) == "ledger: all as expected"
     assert closing_line(rows, missing=1, complete=False) == (
         "claims (3 of 35 cells): 1 supported, 1 refuted, 0 inconclusive, 1 invalid; ledger: 1 unexpected: "

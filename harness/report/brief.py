@@ -95,10 +95,12 @@ def coverage_text(rows: Sequence[ClaimRow], complete: bool = True) -> str:
     claims = len({r.claim for r in rows})
     noun = "claim" if claims == 1 else "claims"
     if not family or ran >= family:
-        return f"{ran} claim x protocol cells ({claims} {noun})"
-    why = ("the others were not selected (-k, --lf or --shard)" if complete
-           else "the others did not run or did not finish")
-    return f"{ran} of the family's {family} claim x protocol cells ({claims} {noun}); {why}"
+        return f"{ran} claim x protocol cells ({claims} {noun})" + ("" if complete else " finished")
+    if complete:
+        return (f"{ran} of the family's {family} claim x protocol cells ({claims} {noun}); the others were "
+                "not selected (-k, --lf or --shard)")
+    return (f"{ran} of the family's {family} claim x protocol cells ({claims} {noun}) finished; the others "
+            "did not run or did not finish")
 
 
 def ledger_text(rows: Sequence[ClaimRow], covered: bool | None = None) -> str:
