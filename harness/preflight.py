@@ -194,6 +194,8 @@ def _tokenizer_and_config(model: str | None, trust_remote_code: bool) -> tuple[A
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     local = model is None or is_local_spec(model)
     kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": local or offline}
+    if not local and not offline:
+        _check_hub_reachable(model)
     try:
         config = transformers.AutoConfig.from_pretrained(source, **kwargs)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
@@ -203,6 +205,32 @@ def _tokenizer_and_config(model: str | None, trust_remote_code: bool) -> tuple[A
             f"--model {model}: cannot read its config and tokenizer{hint}: {str(exc).splitlines()[0]}"
         ) from None
     return tokenizer, config
+
+
+def _check_hub_reachable(model: str, timeout: float = 3.0) -> None:
+    """A hub id not in the local cache needs the hub: refuse at once when its host does not answer,
+    rather than after the hub client's retries (about 30 s). Behind a proxy nothing is probed."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import transformers
+
+    try:  # in the local cache: no network needed
+        transformers.AutoConfig.from_pretrained(model, local_files_only=True)
+        return
+    except (OSError, ValueError):
+        pass
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise PreflightError(
+            f"--model {model}: not in the local hub cache, and the hub ({host}:{port}) cannot be reached "
+            f"({exc.strerror or exc}); download it on a connected machine, or pass a local folder"
+        ) from None
 
 
 def _n_tokens(tokenizer: Any, text: str) -> int:

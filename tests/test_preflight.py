@@ -214,3 +214,18 @@ def test_a_report_dir_probe_leaves_nothing_behind(pytester, tmp_path):
     target = tmp_path / "new" / "deeper"
     assert pytester.runpytest("-p", "no:cacheprovider", "--report-dir", str(target)).ret == 0
     assert not (tmp_path / "new").exists()
+
+
+def test_a_hub_id_without_a_reachable_hub_is_refused_at_once(monkeypatch):
+    import time
+
+    from harness.preflight import PreflightError, _tokenizer_and_config
+
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    started = time.monotonic()
+    with pytest.raises(PreflightError, match=r"^--model nobody/no-such-model: not in the local hub cache, and the "
+                                             r"hub \(127\.0\.0\.1:9\) cannot be reached"):
+        _tokenizer_and_config.__wrapped__("nobody/no-such-model", False)
+    assert time.monotonic() - started < 10  # not the hub client's retries
