@@ -80,3 +80,4 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_what_was_written(pytest
     run = load_run(report)
     assert [r.protocol for r in run.claims] == ["original"] and not run.complete
     assert len(run.results) == 2 * 3 and {r.protocol for r in run.results} == {"original"}  # 2 pairs x 3 arms
+
