@@ -18,7 +18,8 @@ def test_short_reasons_say_why_in_one_line():
     assert short_reason(decided) == "interval wholly outside [-0.2, 0.2]"
     flat = _row(verdict="supported", flags=("degenerate",), estimate=0.0, n_pairs=24, guards=(),
                 reason="every one of the 24 pairs gave exactly 0: no spread, ...: wholly below 0.2")
-    assert short_reason(flat) == "all 24 pairs gave 0: wholly below 0.2"
+    assert short_reason(flat) == "all 24 pairs gave 0: wholly below 0.2"  # a report written before the rename
+    assert short_reason(dataclasses.replace(flat, flags=("zero_width",))) == "all 24 pairs gave 0: wholly below 0.2"
     broken = _row(verdict="invalid", reason="long", guards=(
         "ok gap_floor: fine", "FAILED patch_changed[v_proj@27(L27)]: no values", "FAILED arms_differ[a vs b]: same",
         "FAILED patch_changed[v_proj@5(L5)]: no values"))

@@ -65,7 +65,7 @@ def short_reason(row: ClaimRow, limit: int = REASON_CHARS) -> str:
     else:
         relation = reason.rsplit(": ", 1)[-1] if ": " in reason else reason
         text = f"interval {relation}" if relation.startswith(("wholly", "straddles", "crosses")) else relation
-        if "degenerate" in row.flags:
+        if zero_width(row):
             text = f"all {row.n_pairs} pairs gave {fmt(row.estimate)}: {relation}"
     if "few_pairs" in row.flags:
         text += f"; only {row.n_pairs} pairs"
@@ -101,6 +101,11 @@ def coverage_text(rows: Sequence[ClaimRow], complete: bool = True) -> str:
                 "not selected (-k, --lf or --shard)")
     return (f"{ran} of the family's {family} claim x protocol cells ({claims} {noun}) finished; the others "
             "did not run or did not finish")
+
+
+def zero_width(row: ClaimRow) -> bool:
+    """Whether the row's interval has no width ("degenerate": the flag's name in older reports)."""
+    return "zero_width" in row.flags or "degenerate" in row.flags
 
 
 def ledger_text(rows: Sequence[ClaimRow], covered: bool | None = None) -> str:
