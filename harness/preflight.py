@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.errors import HarnessError, PreflightError
 
-__all__ = ["RunOptions", "preflight", "MAX_GEN_TOKENS"]
+__all__ = ["RunOptions", "preflight", "check_named", "check_memory", "MAX_GEN_TOKENS"]
 
 #: Longer generations need --allow-long: 5000 tokens on a real model is hours, not minutes.
 MAX_GEN_TOKENS = 1024
@@ -72,6 +72,24 @@ def preflight(options: RunOptions) -> None:
         _check_report_dir(options.report_dir)
     _check_prompt_lengths(options)
     check_memory(options)
+
+
+def check_named(options: RunOptions, ledger: str | None, pairs: int | None) -> None:
+    """What the user named explicitly must exist as named: a ``--ledger`` file (a missing one is not
+    an empty ledger), ``--pairs`` within the bank (not silently clipped to it)."""
+    from harness.prompts import default_pairs, load_pairs
+
+    if ledger is not None and not Path(ledger).is_file():
+        what = "a folder" if Path(ledger).is_dir() else "no such file"
+        raise PreflightError(
+            f"--ledger {ledger!r}: {what}; expected a TOML file of known verdicts such as claims/ledger.toml; "
+            "fix the path, or leave --ledger out for the rootdir's claims/ledger.toml")
+    bank = load_pairs(options.prompts) if options.prompts is not None else default_pairs()
+    if pairs is not None and pairs > len(bank):
+        where = f"--prompts {options.prompts}" if options.prompts is not None else "the bundled toy bank"
+        raise PreflightError(
+            f"--pairs {pairs}: {where} has {len(bank)} pairs; expected at most {len(bank)}; "
+            f"pass --pairs {len(bank)} (or fewer), or --profile full for every pair")
 
 
 def check_device_available(device: str) -> None:
