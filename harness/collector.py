@@ -119,6 +119,8 @@ class Collector:
         self.ledger_covers: bool | None = None
         self.selected = 0  # claim cells this run set out to run (when known here)
         self.stopped: str | None = None
+        self.write_error: str | None = None  # the report could not be written (e.g. a full disk)
+        self.session: pytest.Session | None = None
         self._junit: dict[str, list[tuple[str, str]]] = {}
         self._handlers: dict[int, Any] = {}
         self._progress: progress.Progress | None = None
@@ -144,6 +146,7 @@ class Collector:
 
     # -- start: signals and progress ------------------------------------------------
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.session = session
         self._install_signals()
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
@@ -230,11 +233,22 @@ class Collector:
             row = ClaimRow.from_dict(payload["claim"])
             writer.provenance.update(payload["provenance"])
             self.ledger_covers = payload.get("ledger_covers")
-            writer.add(row, [SampleRow.from_dict(s) for s in payload["samples"]])
+            try:
+                writer.add(row, [SampleRow.from_dict(s) for s in payload["samples"]])
+            except OSError as exc:
+                self._cannot_write(exc)
+                return
             props = [(name, str(getattr(row, field))) for name, field in JUNIT_PROPERTIES.items()]
             report.user_properties += props
             self._junit[report.nodeid] = props
             self._show_finished(row, payload.get("work"), report)
+
+    def _cannot_write(self, exc: OSError) -> None:
+        """The report folder refused a write: stop the run (its further results could not be
+        kept); the files written before stay whole (every rewrite is atomic)."""
+        self.write_error = f"{exc.strerror or exc} ({exc.filename or self.directory})"
+        if self.session is not None:
+            self.session.shouldstop = f"cannot write the report: {self.write_error}"
 
     def _show_finished(self, row: Any, work: dict[str, Any] | None, report: Any) -> None:
         """A claim that ran long gets a line when it finishes (under xdist, the only progress shown)."""
@@ -259,7 +273,11 @@ class Collector:
                                                                 else str(session.shouldstop))
             if self.missing:
                 writer.provenance["missing"] = sorted(self.missing)
-            writer.close(complete=not (interrupted or session.shouldstop or self.missing))
+            try:
+                writer.close(complete=not (interrupted or session.shouldstop or self.missing or self.write_error))
+            except OSError as exc:
+                self._cannot_write(exc)
+                return
             self._step_summary()
 
     def _rows(self) -> list[Any]:
@@ -304,6 +322,9 @@ class Collector:
                 terminalreporter.write_line(f"ledger: no entries for these settings ({first.settings}); {judged}")
         if self.writer is not None:
             state = "" if self.writer.completed else " (INCOMPLETE)"
+            if self.write_error:
+                state = (f" (INCOMPLETE: cannot write there: {self.write_error}; the files written before "
+                         "are kept whole)")
             terminalreporter.write_line(f"report: {self.writer.directory}{state}")
         return result
 
@@ -318,8 +339,8 @@ class Collector:
             return
         from harness.report.brief import closing_line
 
-        tr.write_line(closing_line(self._rows(), self.ledger_covers, len(self.missing), self.writer.completed),
-                      bold=True)
+        tr.write_line(closing_line(self._rows(), self.ledger_covers, len(self.missing),
+                                   bool(self.writer.completed) and not self.write_error), bold=True)
 
 
 def _table(rows: list[Any]) -> str:

@@ -127,8 +127,37 @@ def check_local_folder(folder: Path, *, allow_pickle: bool = False) -> dict:
                 f"model folder {str(folder)!r} has no weights (no *.safetensors file); "
                 "save the model with save_pretrained(safe_serialization=True) into it"
             )
+    for path in safe:
+        check_safetensors(path)
     check_architecture(config)
     return config
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file whose header is unreadable or whose tensors run past its end
+    (a cut download, a full disk): read the header only (8-byte length, JSON), no tensor."""
+    def refuse(why: str) -> HarnessValueError:
+        return HarnessValueError(
+            f"{path}: not a whole safetensors file ({why}); download or save the weights again")
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise refuse(f"{size} bytes, shorter than a header")
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                raise refuse(f"header of {n} bytes in a file of {size}")
+            header = json.loads(handle.read(n))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise refuse(f"unreadable header: {exc}") from None
+    if not isinstance(header, dict):
+        raise refuse("the header is not a JSON object")
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
+    if ends and 8 + n + max(ends) > size:
+        raise refuse(f"its tensors need {8 + n + max(ends)} bytes, the file has {size}")
 
 
 def _hash_files(paths: list[Path]) -> str:
@@ -202,7 +231,11 @@ def load_subject(
     load_kwargs[dtype_kwarg()] = _torch_dtype(dtype)
     if device == "auto":
         load_kwargs["device_map"] = "auto"
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:  # damaged weights, shapes that disagree with config
+        raise HarnessValueError(f"--model {text}: cannot load its weights: {' '.join(str(exc).split())[:300]}; "
+                                "check the folder (or hub id) holds the model's own weights and config") from None
     if device != "auto":
         model = model.to(device)
     model.eval()

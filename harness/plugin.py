@@ -126,26 +126,13 @@ class HarnessSession:
     def _check_inputs(self) -> None:
         """Refuse what cannot work now, in one line, before any weights load."""
         from harness.model import check_local_folder, is_local_spec
-        from harness.preflight import preflight
-        from harness.prompts import default_pairs, load_pairs
+        from harness.preflight import check_named, preflight
 
         o = self.options
         if o.prompts is not None and not o.prompts.is_file():
             raise pytest.UsageError(f"--prompts {str(o.prompts)!r}: no such file")
-        ledger = self.config.getoption("ledger")
-        if ledger is not None and not Path(ledger).is_file():
-            what = "a folder" if Path(ledger).is_dir() else "no such file"
-            raise pytest.UsageError(
-                f"--ledger {ledger!r}: {what}; expected a TOML file of known verdicts such as claims/ledger.toml; "
-                "fix the path, or leave --ledger out for the rootdir's claims/ledger.toml")
         try:
-            bank = load_pairs(o.prompts) if o.prompts is not None else default_pairs()
-            asked = self.config.getoption("pairs")
-            if asked is not None and asked > len(bank):
-                where = f"--prompts {o.prompts}" if o.prompts is not None else "the bundled toy bank"
-                raise pytest.UsageError(
-                    f"--pairs {asked}: {where} has {len(bank)} pairs; expected at most {len(bank)}; "
-                    f"pass --pairs {len(bank)} (or fewer), or --profile full for every pair")
+            check_named(o, self.config.getoption("ledger"), self.config.getoption("pairs"))
             if o.model is not None and is_local_spec(o.model):
                 check_local_folder(Path(o.model).expanduser(), allow_pickle=o.allow_pickle)
             preflight(o)

@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.errors import HarnessError, PreflightError
 
-__all__ = ["RunOptions", "preflight", "MAX_GEN_TOKENS"]
+__all__ = ["RunOptions", "preflight", "check_named", "check_memory", "MAX_GEN_TOKENS"]
 
 #: Longer generations need --allow-long: 5000 tokens on a real model is hours, not minutes.
 MAX_GEN_TOKENS = 1024
@@ -71,6 +71,25 @@ def preflight(options: RunOptions) -> None:
     if options.report_dir is not None:
         _check_report_dir(options.report_dir)
     _check_prompt_lengths(options)
+    check_memory(options)
+
+
+def check_named(options: RunOptions, ledger: str | None, pairs: int | None) -> None:
+    """What the user named explicitly must exist as named: a ``--ledger`` file (a missing one is not
+    an empty ledger), ``--pairs`` within the bank (not silently clipped to it)."""
+    from harness.prompts import default_pairs, load_pairs
+
+    if ledger is not None and not Path(ledger).is_file():
+        what = "a folder" if Path(ledger).is_dir() else "no such file"
+        raise PreflightError(
+            f"--ledger {ledger!r}: {what}; expected a TOML file of known verdicts such as claims/ledger.toml; "
+            "fix the path, or leave --ledger out for the rootdir's claims/ledger.toml")
+    bank = load_pairs(options.prompts) if options.prompts is not None else default_pairs()
+    if pairs is not None and pairs > len(bank):
+        where = f"--prompts {options.prompts}" if options.prompts is not None else "the bundled toy bank"
+        raise PreflightError(
+            f"--pairs {pairs}: {where} has {len(bank)} pairs; expected at most {len(bank)}; "
+            f"pass --pairs {len(bank)} (or fewer), or --profile full for every pair")
 
 
 def check_device_available(device: str) -> None:
@@ -137,6 +156,50 @@ def _check_report_dir(path: Path) -> None:
                 break
 
 
+#: Bytes a run holds per generated sample: measured about 4 KB of Python objects per sample at 24
+#: tokens (ids, text, metrics), held again as the test report's JSON and by the report writer.
+SAMPLE_BYTES, SAMPLE_TOKEN_BYTES = 12_000, 40
+#: The fewest samples a claims run holds: every pair x seed of baseline, champion and one intervention,
+#: under both protocols (the suite's arms are several times that).
+MIN_ARMS_HELD = 3 * 2
+
+
+def samples_bytes(pairs: int, seeds: int, gen_tokens: int) -> int:
+    """A lower bound on the memory a run holds for its samples (bytes)."""
+    return pairs * seeds * MIN_ARMS_HELD * (SAMPLE_BYTES + SAMPLE_TOKEN_BYTES * gen_tokens)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(options: RunOptions, available: int | None = None) -> None:
+    """Refuse a run whose samples alone would not fit in memory (the kernel would kill it later,
+    with no message and no report)."""
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    from harness.prompts import default_pairs, load_pairs
+
+    bank = len(load_pairs(options.prompts) if options.prompts else default_pairs())
+    pairs = min(options.pairs or bank, bank)
+    need = samples_bytes(pairs, options.seeds, options.gen_tokens)
+    if need > available:
+        fit = max(available // max(need // options.seeds, 1), 1)
+        raise PreflightError(
+            f"--seeds {options.seeds}: {pairs} pairs x {options.seeds} seeds need at least {need / 2**30:.1f} GiB "
+            f"for their samples, this machine has {available / 2**30:.1f} GiB available; expected at most about "
+            f"{fit} seeds here; lower --seeds (or --pairs)")
+
+
 @functools.lru_cache(maxsize=8)
 def _tokenizer_and_config(model: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
     """The subject's tokenizer and config, without its weights (memoised per process)."""
@@ -149,6 +212,8 @@ def _tokenizer_and_config(model: str | None, trust_remote_code: bool) -> tuple[A
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     local = model is None or is_local_spec(model)
     kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": local or offline}
+    if not local and not offline:
+        _check_hub_reachable(model)
     try:
         config = transformers.AutoConfig.from_pretrained(source, **kwargs)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
@@ -158,6 +223,32 @@ def _tokenizer_and_config(model: str | None, trust_remote_code: bool) -> tuple[A
             f"--model {model}: cannot read its config and tokenizer{hint}: {str(exc).splitlines()[0]}"
         ) from None
     return tokenizer, config
+
+
+def _check_hub_reachable(model: str, timeout: float = 3.0) -> None:
+    """A hub id not in the local cache needs the hub: refuse at once when its host does not answer,
+    rather than after the hub client's retries (about 30 s). Behind a proxy nothing is probed."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import transformers
+
+    try:  # in the local cache: no network needed
+        transformers.AutoConfig.from_pretrained(model, local_files_only=True)
+        return
+    except (OSError, ValueError):
+        pass
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise PreflightError(
+            f"--model {model}: not in the local hub cache, and the hub ({host}:{port}) cannot be reached "
+            f"({exc.strerror or exc}); download it on a connected machine, or pass a local folder"
+        ) from None
 
 
 def _n_tokens(tokenizer: Any, text: str) -> int:
@@ -175,9 +266,16 @@ def _check_prompt_lengths(options: RunOptions) -> None:
     tokenizer, config = _tokenizer_and_config(options.model, options.trust_remote_code)
     where = f"--prompts {options.prompts}" if options.prompts else "the bundled bank"
     longest, longest_id = 0, ""
+    vocab = getattr(config, "vocab_size", None)
     for pair in pairs:
         for role in ("baseline", "champion"):
             n = _n_tokens(tokenizer, getattr(pair, role))
+            top = max(tokenizer(getattr(pair, role), verbose=False).input_ids, default=0)
+            if vocab is not None and top >= int(vocab):
+                raise PreflightError(
+                    f"{where}: pair {pair.id!r} has a {role} with token id {top}; the model's embedding has "
+                    f"vocab_size {vocab} rows (ids 0..{int(vocab) - 1}); the tokenizer does not match the "
+                    "weights: use the model's own tokenizer")
             if n < options.window:
                 raise PreflightError(
                     f"{where}: pair {pair.id!r} has a {role} of {n} tokens; expected at least the "

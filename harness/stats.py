@@ -22,7 +22,7 @@ from harness.tdist import t_quantile, t_sf
 
 __all__ = [
     "Interval", "Verdict", "Decision",
-    "MIN_PAIRS", "FAMILY_ALPHA", "T_METHOD", "FLAG_DEGENERATE", "FLAG_FEW_PAIRS",
+    "MIN_PAIRS", "FAMILY_ALPHA", "T_METHOD", "FLAG_ZERO_WIDTH", "FLAG_FEW_PAIRS",
     "t_sf", "t_quantile", "t_bounds",
     "pair_means", "pair_differences", "mean_interval", "paired_interval",
     "cluster_bootstrap", "paired_contrast",
@@ -36,7 +36,10 @@ MIN_PAIRS = 24
 #: Family-wise error rate the harness aims at over all claim cells of one run.
 FAMILY_ALPHA = 0.05
 T_METHOD = "t on pair means"
-FLAG_DEGENERATE = "degenerate"  # every usable pair gave the same value: zero-width interval
+# Every usable pair gave the same value: a zero-width interval. Not "degenerate": that word is the
+# repetitive-text guard's (guards.guard_degeneration).
+FLAG_ZERO_WIDTH = "zero_width"
+FLAG_DEGENERATE = FLAG_ZERO_WIDTH  # the constant's former name, for code written against it
 FLAG_FEW_PAIRS = "few_pairs"  # fewer than MIN_PAIRS usable pairs: coverage not as measured
 
 
@@ -83,7 +86,7 @@ class Decision:
 
     @property
     def degenerate(self) -> bool:
-        return FLAG_DEGENERATE in self.flags
+        return FLAG_ZERO_WIDTH in self.flags
 
 
 def _check_level(level: float, name: str = "level") -> float:
@@ -324,7 +327,7 @@ def decide(
     strictly on the claim's side, refuted when strictly on the other side, inconclusive
     when it straddles (an endpoint on the threshold straddles). A degenerate interval
     (every pair gave the same value) keeps the verdict its point gives, says so in the
-    reason and carries the "degenerate" flag; fewer than ``min_pairs`` pairs adds "few_pairs".
+    reason and carries the "zero_width" flag; fewer than ``min_pairs`` pairs adds "few_pairs".
     """
     if direction not in _RULES:
         raise HarnessValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
@@ -343,7 +346,7 @@ def decide(
         verdict, text = judge(est, est, threshold)
         reason = (f"every one of the {n} pairs gave exactly {est:.4g}: no spread, the interval "
                   f"has no width, so the verdict rests on the point alone: {text}")
-        return Decision(verdict, reason, (FLAG_DEGENERATE, *flags))
+        return Decision(verdict, reason, (FLAG_ZERO_WIDTH, *flags))
     verdict, text = judge(interval.low, interval.high, threshold)
     span = (f"estimate {interval.estimate:.4g}, {_pct(interval.level)} interval "
             f"[{interval.low:.4g}, {interval.high:.4g}] over {n} pairs")

@@ -18,7 +18,8 @@ def test_short_reasons_say_why_in_one_line():
     assert short_reason(decided) == "interval wholly outside [-0.2, 0.2]"
     flat = _row(verdict="supported", flags=("degenerate",), estimate=0.0, n_pairs=24, guards=(),
                 reason="every one of the 24 pairs gave exactly 0: no spread, ...: wholly below 0.2")
-    assert short_reason(flat) == "all 24 pairs gave 0: wholly below 0.2"
+    assert short_reason(flat) == "all 24 pairs gave 0: wholly below 0.2"  # a report written before the rename
+    assert short_reason(dataclasses.replace(flat, flags=("zero_width",))) == "all 24 pairs gave 0: wholly below 0.2"
     broken = _row(verdict="invalid", reason="long", guards=(
         "ok gap_floor: fine", "FAILED patch_changed[v_proj@27(L27)]: no values", "FAILED arms_differ[a vs b]: same",
         "FAILED patch_changed[v_proj@5(L5)]: no values"))
@@ -35,6 +36,8 @@ def test_counts_coverage_and_the_closing_line():
             _row("b", "original", verdict="refuted", outcome="fail", expected="supported", family_size=35)]
     assert counts_text(rows) == "1 supported, 1 refuted, 0 inconclusive, 1 invalid"
     assert coverage_text(rows).startswith("3 of the family's 35 claim x protocol cells (2 claims)")
+    assert coverage_text(rows, complete=False) == ("3 of the family's 35 claim x protocol cells (2 claims) "
+                                                   "finished; the others did not run or did not finish")
     assert ledger_text(rows[:2]) == "ledger: all as expected"
     assert closing_line(rows, missing=1, complete=False) == (
         "claims (3 of 35 cells): 1 supported, 1 refuted, 0 inconclusive, 1 invalid; ledger: 1 unexpected: "

@@ -96,3 +96,48 @@ def test_help_texts_carry_no_markup(capsys):
     for name, text in texts.items():
         assert text.startswith("usage: python -m harness"), name
         assert not MARKUP.search(text), f"{name}: {MARKUP.search(text)[0]!r} in\n{text}"
+
+
+def _written_run(folder):
+    from test_render import all_cells
+
+    from harness.report import RunWriter
+
+    writer = RunWriter(folder, {"model": "toy"})
+    for row, samples in all_cells(sweep=False):
+        writer.add(row, samples)
+    writer.close(complete=True, render=False)
+    return folder
+
+
+def test_render_of_a_cut_results_file_says_incomplete_with_the_missing_count(tmp_path):
+    run = _written_run(tmp_path / "run")
+    lines = (run / "results.jsonl").read_text().splitlines(keepends=True)
+    n, kept = len(lines), len(lines) // 2
+    (run / "results.jsonl").write_text("".join(lines[:kept]) + lines[kept][:10])  # cut mid-line, as a full disk
+    out = _run("harness.report", "render", str(run))
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.strip().splitlines() == [
+        f"{run / 'summary.md'} (INCOMPLETE: results.jsonl has {kept} of {n} samples, {n - kept} missing)"]
+    summary = (run / "summary.md").read_text()
+    assert "INCOMPLETE RUN" in summary and "Run complete" not in summary
+    assert f"has {kept} of the {n} samples the run wrote: {n - kept} missing" in summary
+
+
+def test_render_of_a_whole_run_says_nothing_more_than_its_path(tmp_path):
+    run = _written_run(tmp_path / "run")
+    out = _run("harness.report", "render", str(run))
+    assert out.returncode == 0 and out.stdout.strip() == str(run / "summary.md")
+    assert "Run complete" in (run / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("summary, words", [
+    ("[1, 2]", "summary.json: a JSON list; expected an object with 'complete', 'provenance'"),
+    ('{"complete": true, "provenance": [], "claims": []}', "'provenance' is a list"),
+    ('{"complete": true, "provenance": {}, "claims": {"a": 1}}', "'claims' is not a list of objects"),
+    ('{"complete": true, "provenance": {}, "claims": [{"claim": 1}]}', "a claim row is not of this harness's"),
+    ('{"complete": true, "provenance": {}, "claims": [], "samples": "many"}', "'samples' = 'many'; expected a count"),
+])
+def test_render_of_a_summary_of_the_wrong_shape_is_one_line(tmp_path, summary, words):
+    (tmp_path / "summary.json").write_text(summary)
+    _one_line_refusal(_run("harness.report", "render", str(tmp_path)), words)

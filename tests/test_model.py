@@ -117,3 +117,17 @@ def test_the_toy_by_its_own_path_has_the_toys_identity(monkeypatch):
     assert Path("harness/toy/model").is_dir()
     by_path = load_subject("harness/toy/model")
     assert by_path.name == "toy" and by_path.identity == load_subject().identity
+
+
+def test_weights_that_disagree_with_their_config_are_one_error_not_a_traceback(tmp_path):
+    import shutil
+
+    from harness.toy import TOY_MODEL_DIR
+
+    folder = tmp_path / "mismatch"
+    shutil.copytree(TOY_MODEL_DIR, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] + 8}))
+    with pytest.raises(HarnessValueError, match=r"^--model .*mismatch: cannot load its weights: ") as info:
+        load_subject(str(folder))
+    assert "\n" not in str(info.value)

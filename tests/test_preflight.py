@@ -117,6 +117,54 @@ def test_longrope_positions_beyond_its_switch_to_the_long_factors(pytester, load
                   "total at most 32 positions")
 
 
+@pytest.mark.parametrize(("cut", "match"), [
+    (0.5, "*model.safetensors: not a whole safetensors file (its tensors need * bytes, the file has *)*"),
+    (None, "*model.safetensors: not a whole safetensors file (unreadable header*"),
+])
+def test_a_cut_or_corrupt_safetensors_file(pytester, loads, tmp_path, cut, match):
+    folder = tmp_path / "damaged"
+    shutil.copytree(TOY_MODEL_DIR, folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * cut)] if cut else data[:8] + b"{not json" + data[17:])
+    refused(pytester, loads, "--model", str(folder), match=match)
+
+
+def test_an_embedding_smaller_than_the_tokenizers_ids(pytester, loads, tmp_path):
+    folder = tmp_path / "small-vocab"
+    shutil.copytree(TOY_MODEL_DIR, folder)
+    from harness.prompts import default_pairs
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
+    top = max(max(tokenizer(getattr(p, r)).input_ids) for p in default_pairs() for r in ("baseline", "champion"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": top}))  # one row short of the top id
+    refused(pytester, loads, "--model", str(folder),
+            match=f"the bundled bank: pair * with token id {top}; the model's embedding has vocab_size "
+                  f"{top} rows (ids 0..{top - 1}); the tokenizer does not match the weights*")
+
+
+def test_seeds_beyond_memory_are_refused_before_the_run(pytester, loads):
+    from harness.preflight import available_memory
+
+    if available_memory() is None:
+        pytest.skip("no /proc/meminfo here")
+    refused(pytester, loads, "--seeds", "10000000",
+            match="--seeds 10000000: 24 pairs x 10000000 seeds need at least * GiB for their samples, this machine "
+                  "has * GiB available; expected at most about * seeds here; lower --seeds (or --pairs)")
+
+
+def test_the_memory_bound_refuses_just_above_what_is_available():
+    from harness.preflight import PreflightError, RunOptions, check_memory, samples_bytes
+
+    options = RunOptions(pairs=4, seeds=10, gen_tokens=24)
+    need = samples_bytes(4, 10, 24)
+    assert need == 4 * 10 * 6 * (12_000 + 40 * 24)
+    check_memory(options, available=need)  # fits exactly: no refusal
+    with pytest.raises(PreflightError, match="^--seeds 10: 4 pairs x 10 seeds need at least .*about 9 seeds here"):
+        check_memory(options, available=need - 1)
+
+
 def test_a_malformed_ledger(pytester, loads, tmp_path):
     ledger = tmp_path / "ledger.toml"
     ledger.write_text("this is [ not toml")
@@ -176,3 +224,18 @@ def test_a_report_dir_probe_leaves_nothing_behind(pytester, tmp_path):
     target = tmp_path / "new" / "deeper"
     assert pytester.runpytest("-p", "no:cacheprovider", "--report-dir", str(target)).ret == 0
     assert not (tmp_path / "new").exists()
+
+
+def test_a_hub_id_without_a_reachable_hub_is_refused_at_once(monkeypatch):
+    import time
+
+    from harness.preflight import PreflightError, _tokenizer_and_config
+
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    started = time.monotonic()
+    with pytest.raises(PreflightError, match=r"^--model nobody/no-such-model: not in the local hub cache, and the "
+                                             r"hub \(127\.0\.0\.1:9\) cannot be reached"):
+        _tokenizer_and_config.__wrapped__("nobody/no-such-model", False)
+    assert time.monotonic() - started < 10  # not the hub client's retries

@@ -301,3 +301,23 @@ def test_importing_the_report_package_loads_no_plotting_library() -> None:
     code = "import sys, harness.report; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'tabulate', 'torch'))))"
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_an_outlier_does_not_stretch_the_efficiency_axis_and_is_marked_clipped(tmp_path: Path) -> None:
+    import dataclasses
+
+    from harness.report.plots import efficiency_limits, plot_efficiency
+
+    rows = [row for row, _ in all_cells()]
+    lo, hi = efficiency_limits(rows)
+    ends = [x for r in rows for x in (r.ci_low, r.ci_high, r.estimate) if math.isfinite(x)]
+    assert lo <= min(ends) and hi >= max(ends)  # nothing outlying: every interval whole on the axis
+    assert plot_efficiency(rows, tmp_path / "plain.png") == []
+
+    wide = dataclasses.replace(rows[0], estimate=0.4, ci_low=0.1, ci_high=7.0)  # one interval to 7
+    far = dataclasses.replace(rows[1], claim="far", estimate=6.5, ci_low=6.0, ci_high=7.0)  # an outlying estimate
+    lo, hi = efficiency_limits([wide, far, *rows[2:]])
+    assert hi < 2.0 and lo > -1.0
+    clipped = plot_efficiency([wide, far, *rows[2:]], tmp_path / "clipped.png")
+    assert clipped == [(0, 7.0), (1, 6.5), (1, 6.0), (1, 7.0)]
+    assert (tmp_path / "clipped.png").stat().st_size > 1000

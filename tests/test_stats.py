@@ -17,7 +17,7 @@ import pytest
 from harness.errors import HarnessValueError
 from harness.guards import GuardResult
 from harness.stats import (
-    FLAG_DEGENERATE,
+    FLAG_ZERO_WIDTH,
     FLAG_FEW_PAIRS,
     MIN_PAIRS,
     T_METHOD,
@@ -364,7 +364,7 @@ def test_degenerate_interval_keeps_the_point_verdict_but_says_so(threshold, dire
     iv = mean_interval({f"p{i:02d}": [0.0] * 4 for i in range(12)})
     d = decide(iv, threshold, direction)
     assert d.verdict is expected
-    assert d.degenerate and FLAG_DEGENERATE in d.flags
+    assert d.degenerate and FLAG_ZERO_WIDTH in d.flags and "degenerate" not in d.flags
     assert "every one of the 12 pairs gave exactly 0: no spread, the interval has no width" in d.reason
     # A failed guard still wins, and fewer than 2 pairs is still invalid.
     assert decide(iv, threshold, direction, [GuardResult("g", False, "bad")]).verdict is Verdict.INVALID

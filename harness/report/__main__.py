@@ -52,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"matrix of {len(args.dirs)} runs: {out / 'matrix.md'}, {out / 'matrix.png'}")
     else:
         render(args.run_dir)
-        print(args.run_dir / "summary.md")
+        run = load_run(args.run_dir)
+        missing = run.extra.get("missing_samples")
+        state = (f" (INCOMPLETE: results.jsonl has {len(run.results)} of {len(run.results) + missing} samples, "
+                 f"{missing} missing)" if missing else "" if run.complete else " (INCOMPLETE)")
+        print(f"{args.run_dir / 'summary.md'}{state}")
     return 0
 
 

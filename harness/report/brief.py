@@ -65,7 +65,7 @@ def short_reason(row: ClaimRow, limit: int = REASON_CHARS) -> str:
     else:
         relation = reason.rsplit(": ", 1)[-1] if ": " in reason else reason
         text = f"interval {relation}" if relation.startswith(("wholly", "straddles", "crosses")) else relation
-        if "degenerate" in row.flags:
+        if zero_width(row):
             text = f"all {row.n_pairs} pairs gave {fmt(row.estimate)}: {relation}"
     if "few_pairs" in row.flags:
         text += f"; only {row.n_pairs} pairs"
@@ -95,10 +95,17 @@ def coverage_text(rows: Sequence[ClaimRow], complete: bool = True) -> str:
     claims = len({r.claim for r in rows})
     noun = "claim" if claims == 1 else "claims"
     if not family or ran >= family:
-        return f"{ran} claim x protocol cells ({claims} {noun})"
-    why = ("the others were not selected (-k, --lf or --shard)" if complete
-           else "the others did not run or did not finish")
-    return f"{ran} of the family's {family} claim x protocol cells ({claims} {noun}); {why}"
+        return f"{ran} claim x protocol cells ({claims} {noun})" + ("" if complete else " finished")
+    if complete:
+        return (f"{ran} of the family's {family} claim x protocol cells ({claims} {noun}); the others were "
+                "not selected (-k, --lf or --shard)")
+    return (f"{ran} of the family's {family} claim x protocol cells ({claims} {noun}) finished; the others "
+            "did not run or did not finish")
+
+
+def zero_width(row: ClaimRow) -> bool:
+    """Whether the row's interval has no width ("degenerate": the flag's name in older reports)."""
+    return "zero_width" in row.flags or "degenerate" in row.flags
 
 
 def ledger_text(rows: Sequence[ClaimRow], covered: bool | None = None) -> str:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.report.brief import fmt, interval_text
+from harness.report.brief import fmt, interval_text, zero_width
 from harness.report.schema import ClaimRow, SampleRow
 
 __all__ = ["Fact", "claim_facts", "SampleGrid", "sample_grid", "bound_text"]
@@ -46,7 +46,7 @@ def claim_facts(row: ClaimRow) -> list[Fact]:
         Fact("Measure", f"{row.measure or row.metric or 'n/a'}; the claim holds if it is {bound_text(row)}"),
         Fact("Estimate", f"{fmt(row.estimate)}, {_level(row)} interval {interval_text(row)} "
                          f"({row.interval_method or 'n/a'})"
-                         + (", zero width: every pair gave the same value" if "degenerate" in row.flags else "")),
+                         + (", zero width: every pair gave the same value" if zero_width(row) else "")),
         Fact("Verdict", f"**{row.verdict or 'n/a'}** (expected {row.expected or 'n/a'}, outcome "
                         f"{row.outcome or 'n/a'}): {row.reason or 'no reason recorded'}"),
     ]

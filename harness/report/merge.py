@@ -139,7 +139,7 @@ def merge(dirs: Sequence[Path], out: Path) -> Path:
     provenance = _merged_provenance(runs)
     write_atomic(out / "results.jsonl", "".join(dump_sample(r) for r in results))
     write_atomic(out / "claims.csv", claims_csv(claims))
-    extra: dict[str, Any] = {"shards": [d.name for d in dirs]}
+    extra: dict[str, Any] = {"shards": [d.name for d in dirs], "samples": len(results)}
     if missing_shards:
         extra["missing_shards"] = missing_shards
     if conflicts:

@@ -87,9 +87,12 @@ def status_lines(run: Run) -> list[str]:
     else:
         stopped = run.provenance.get("stopped")
         why = f" (stopped: {_prov_value(stopped)})" if stopped else ""
-        done = coverage_text(claims, complete=False) if claims else "no claim cell"
-        out = [f"> **INCOMPLETE RUN**: the run did not finish{why}; only {done} finished. "
+        done = coverage_text(claims, complete=False) if claims else "no claim cell finished"
+        out = [f"> **INCOMPLETE RUN**: the run did not finish{why}; only {done}. "
                "Verdicts below cover those only.", ""]
+        if run.extra.get("missing_samples"):
+            out += [f"`results.jsonl` has {len(run.results)} of the {len(run.results) + run.extra['missing_samples']} "
+                    f"samples the run wrote: {run.extra['missing_samples']} missing (a cut or damaged file).", ""]
         if run.extra.get("missing_shards"):
             out += [f"Shards with no report folder: {', '.join(run.extra['missing_shards'])}.", ""]
         missing = run.provenance.get("missing") or []

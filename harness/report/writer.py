@@ -44,9 +44,15 @@ class Run:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write beside, then rename: the old file stays whole if the write fails (a full disk),
+    and no ``.tmp`` is left behind."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def dump_sample(row: SampleRow) -> str:
@@ -90,7 +96,10 @@ def read_results(path: Path) -> list[SampleRow]:
             raise HarnessValueError(f"{path}:{number}: not a JSON row ({exc.msg})") from exc
         if not isinstance(data, dict):
             raise HarnessValueError(f"{path}:{number}: expected a JSON object, got {type(data).__name__}")
-        rows.append(SampleRow.from_dict(data))
+        try:
+            rows.append(SampleRow.from_dict(data))
+        except (ValueError, TypeError) as exc:  # includes HarnessValueError: name the line
+            raise HarnessValueError(f"{path}:{number}: not a sample row ({exc})") from None
     return rows
 
 
@@ -112,15 +121,43 @@ def load_run(run_dir: Path) -> Run:
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise HarnessValueError(f"{summary_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
-    claims = {row.key: row for row in (ClaimRow.from_dict(r) for r in summary.get("claims", []))}
+        _check_summary_shape(summary_path, summary)
+    try:
+        claims = {row.key: row for row in (ClaimRow.from_dict(r) for r in summary.get("claims", []))}
+    except (ValueError, TypeError) as exc:
+        raise HarnessValueError(f"{summary_path}: a claim row is not of this harness's schema ({exc})") from None
     if csv_path.exists():
-        for row in _read_claims_csv(csv_path):
-            claims.setdefault(row.key, row)
+        try:
+            for row in _read_claims_csv(csv_path):
+                claims.setdefault(row.key, row)
+        except (ValueError, TypeError) as exc:
+            raise HarnessValueError(f"{csv_path}: a row is not of this harness's schema ({exc})") from None
+    results = tuple(read_results(run_dir / "results.jsonl"))
     extra = {k: v for k, v in summary.items() if k not in ("complete", "provenance", "claims")}
-    return Run(directory=run_dir, complete=bool(summary.get("complete", False)),
+    # The writer records how many samples it wrote: fewer on disk means a cut or damaged file.
+    written = summary.get("samples")
+    missing = written - len(results) if isinstance(written, int) and written > len(results) else 0
+    if missing:
+        extra["missing_samples"] = missing
+    return Run(directory=run_dir, complete=bool(summary.get("complete", False)) and not missing,
                provenance=dict(summary.get("provenance", {})),
-               claims=tuple(claims[k] for k in sorted(claims)),
-               results=tuple(read_results(run_dir / "results.jsonl")), extra=extra)
+               claims=tuple(claims[k] for k in sorted(claims)), results=results, extra=extra)
+
+
+def _check_summary_shape(path: Path, summary: Any) -> None:
+    """summary.json must be an object whose provenance is an object and whose claims are a list
+    of objects; anything else is refused in one line rather than failing deep in a renderer."""
+    expected = ("expected an object with 'complete', 'provenance' (an object) and 'claims' (a list of "
+                "objects), as a run writes it")
+    if not isinstance(summary, dict):
+        raise HarnessValueError(f"{path}: a JSON {type(summary).__name__}; {expected}")
+    if not isinstance(summary.get("provenance", {}), dict):
+        raise HarnessValueError(f"{path}: 'provenance' is a {type(summary['provenance']).__name__}; {expected}")
+    claims = summary.get("claims", [])
+    if not isinstance(claims, list) or not all(isinstance(c, dict) for c in claims):
+        raise HarnessValueError(f"{path}: 'claims' is not a list of objects; {expected}")
+    if "samples" in summary and not (isinstance(summary["samples"], int) and summary["samples"] >= 0):
+        raise HarnessValueError(f"{path}: 'samples' = {summary['samples']!r}; expected a count, 0 or more")
 
 
 def dedupe_sorted(rows: Iterable[SampleRow]) -> tuple[list[SampleRow], list[tuple]]:
@@ -207,7 +244,8 @@ class RunWriter:
 
     def write_summary(self, complete: bool, **extra: Any) -> None:
         write_atomic(self.directory / "summary.json",
-                     summary_json(complete, self.provenance, self.claims.values(), **extra))
+                     summary_json(complete, self.provenance, self.claims.values(), samples=len(self._seen),
+                                  **extra))
 
     def close(self, complete: bool, render: bool = True) -> None:
         """Close the run: summary marked complete or not, rows sorted, markdown and plots.
