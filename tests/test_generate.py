@@ -179,3 +179,32 @@ def test_scores_batched_over_pairs_equal_each_pair_scored_alone(protocol, arm):
         single = alone.continuation_logprob(pair, arm, short(protocol, 8),
                                             alone.champion_continuation(pair, short(protocol, 8)))
         assert abs(value - single) < 1e-4, pair.id
+
+
+def _forward_calls(pairs, arm, protocol):
+    """Forward calls of the whole model for one arm on ``pairs`` (a fresh runner: nothing memoised)."""
+    runner = Runner(load_subject())
+    calls = []
+    handle = runner.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        runner.run_many(pairs, arm, protocol, {p.id: p.seeds(2) for p in pairs})
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+@pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED, CORRECTED.with_(decode_source="aligned")],
+                         ids=["original", "corrected", "corrected-aligned"])
+@pytest.mark.parametrize("arm", ["baseline", KV_ONLY, L27_V, RELAY], ids=str)
+def test_forward_passes_per_arm_do_not_grow_with_the_number_of_pairs(protocol, arm):
+    """Every prefill of an arm (clean caches, sources, patched prefill, the aligned source's
+    champion run) is one padded pass for all pairs: 2 pairs and 6 pairs take as many model
+    calls, which is the decoding steps plus a few passes."""
+    protocol = short(protocol, 4)
+    pairs = spread(default_pairs(), 6)
+    few, many = _forward_calls(pairs[:2], arm, protocol), _forward_calls(pairs, arm, protocol)
+    assert few == many
+    # at most: champion caches, baseline caches, one source pass per site, the patched prefill,
+    # and for an aligned source the champion's own generation and its recording
+    decoding = protocol.gen_tokens * (2 if protocol.decode_source == "aligned" else 1)
+    assert many <= decoding + 6
