@@ -56,6 +56,7 @@ from transformers import StoppingCriteriaList
 from harness import progress
 from harness.errors import HarnessLookupError, HarnessValueError
 from harness.kv import cache_kwarg, check_fits_window, prefill, splice, stack_left_padded, unpad
+from harness.model import input_device
 from harness.patches import PatchCount, PatchSpec, RowGroup, install, norm_matched_random, record, source_site
 from harness.records import CORRECTED, ORIGINAL, PROTOCOLS, ArmResult, Intervention, Protocol, get_protocol
 from harness.sampling import SeededSampler, batch_rows
@@ -86,7 +87,7 @@ class Runner(Scoring):
         self.model = subject.model
         self.layout = subject.layout
         self.tokenizer = subject.tokenizer
-        self.device = next(self.model.parameters()).device
+        self.device = input_device(self.model)  # not a parameter's: offloaded ones sit on 'meta'
         self.max_batch = max_batch
         self._ids: dict[str, torch.Tensor] = {}
         self._caches: dict[tuple[str, bool], Any] = {}
