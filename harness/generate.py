@@ -54,6 +54,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from harness import progress
+from harness.compat import STATIC_GENERATE_KWARGS, static_cache
 from harness.errors import HarnessLookupError, HarnessValueError
 from harness.kv import cache_kwarg, check_fits_window, prefill, splice, stack_left_padded, unpad
 from harness.model import input_device
@@ -64,7 +65,10 @@ from harness.scoring import Prepared as _Prepared
 from harness.scoring import Scoring
 from harness.sites import parse_site
 
-__all__ = ["SeededSampler", "Runner",
+#: How the decoding loop keeps its cache (see :class:`Runner`).
+DECODINGS = ("dynamic", "static")
+
+__all__ = ["SeededSampler", "Runner", "DECODINGS",
            # re-exported records, for code that imports them from here
            "Protocol", "ORIGINAL", "CORRECTED", "PROTOCOLS", "Intervention", "ArmResult", "get_protocol"]
 
@@ -82,8 +86,13 @@ class Runner(Scoring):
     Teacher-forced scores of the champion's continuation come from :class:`Scoring`.
     """
 
-    def __init__(self, subject: Any, max_batch: int | None = None) -> None:
+    def __init__(self, subject: Any, max_batch: int | None = None, decoding: str = "dynamic") -> None:
+        if decoding not in DECODINGS:
+            raise HarnessValueError(f"decoding {decoding!r}; expected one of {', '.join(DECODINGS)}")
         self.subject = subject
+        #: "dynamic" (the reference: a cache that grows each step) or "static" (preallocated
+        #: to the call's length: fixed tensor addresses, what a compiled or captured step needs)
+        self.decoding = decoding
         self.model = subject.model
         self.layout = subject.layout
         self.tokenizer = subject.tokenizer
@@ -368,7 +377,12 @@ class Runner(Scoring):
             "pad_token_id": pad if pad is not None else self.tokenizer.eos_token_id,
             "eos_token_id": self.tokenizer.eos_token_id if protocol.stop_at_eos else None,
         }
-        if snap is not None:
+        if self.decoding == "static":
+            keys, values = (snap.keys, snap.values) if snap is not None else ((), ())
+            kwargs[cache_kwarg(self.model)] = static_cache(self.layout.n_layers, input_ids.shape[1] + protocol.gen_tokens,
+                                                           keys, values)
+            kwargs.update(STATIC_GENERATE_KWARGS)
+        elif snap is not None:
             kwargs[cache_kwarg(self.model)] = snap.to_cache()
         if not protocol.greedy:
             kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k, protocol.gen_tokens)]
