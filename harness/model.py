@@ -26,6 +26,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 _DEVICE_RE = re.compile(r"^(cpu|auto|cuda|cuda:\d+|mps)$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+#: The name a device map gives the whole model ("" in accelerate's maps), readable in a report.
+WHOLE_MODEL = "(whole model)"
 #: How to get accelerate, which ``--device auto`` (a device map) needs.
 AUTO_INSTALL = "pip install 'claims-harness[auto]' (or: pip install accelerate)"
 
@@ -96,11 +98,12 @@ def input_device(model: Any) -> Any:
 
 def device_map(model: Any) -> dict[str, str]:
     """Where each part of the model lives (module name -> device, ``cpu`` or ``disk`` for
-    offloaded weights), as loading with a device map placed it; ``{"": device}`` otherwise."""
+    offloaded weights), as loading with a device map placed it; the whole model (the map's
+    empty name, shown as ``WHOLE_MODEL``) on its device otherwise."""
     placed = getattr(model, "hf_device_map", None)
     if placed:
-        return {str(name): str(where) for name, where in placed.items()}
-    return {"": str(input_device(model))}
+        return {str(name) or WHOLE_MODEL: str(where) for name, where in placed.items()}
+    return {WHOLE_MODEL: str(input_device(model))}
 
 
 def check_dtype(dtype: str) -> str:

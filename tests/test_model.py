@@ -164,7 +164,7 @@ def test_device_auto_spreads_the_model_and_records_where_each_part_lives(offload
     assert {"cpu", "disk"} <= set(placed.values()), placed
     assert any(p.device.type == "meta" for p in subject.model.parameters())  # really offloaded
     assert input_device(subject.model).type == "cpu"
-    assert device_map(load_subject(folder).model) == {"": "cpu"}
+    assert device_map(load_subject(folder).model) == {"(whole model)": "cpu"}
     with pytest.raises(HarnessValueError, match="device='auto'"):
         load_subject(folder, max_memory={"cpu": 1})
 
@@ -206,7 +206,7 @@ def test_a_model_wholly_offloaded_to_disk_runs_where_accelerate_executes_it(offl
 
     folder, _ = offloaded
     subject = load_subject(folder, device="auto", max_memory={"cpu": 100_000}, offload_folder=tmp_path)
-    assert device_map(subject.model) == {"": "disk"}
+    assert device_map(subject.model) == {"(whole model)": "disk"}
     assert all(p.device.type == "meta" for p in subject.model.parameters())
     pairs = spread(default_pairs(), 2)
     seeds = {p.id: p.seeds(2) for p in pairs}
