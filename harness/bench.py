@@ -9,7 +9,11 @@ and their ratios:
 - the library's bare ``generate(do_sample=True)`` for the same number of rows and tokens
   (no splice, no patch, no seeded sampler): the floor the harness is measured against.
 
-It also checks that the batched rows equal the one-at-a-time rows token for token.
+It also checks that the batched rows equal the one-at-a-time rows token for token, and sets
+the harness's decoding step time (the median time between its one-token forward calls, so
+sampler and patches included) against the bandwidth bound: every weight and the whole KV
+cache read once per step, over the device's memory bandwidth (``--bandwidth-gbs``; nominal
+figures for known GPUs, a rough guess on the CPU, labelled as such).
 ``--random-config mistral-7b`` builds a random-weight Mistral-7B-shaped model on the
 device (no download) to time the real size on a GPU. It is a measurement, not a test.
 """
@@ -24,7 +28,8 @@ from typing import Any
 import torch
 
 from harness.cli import one_line_errors
-from harness.generate import CORRECTED, Runner
+from harness.errors import HarnessValueError
+from harness.generate import CORRECTED, DECODINGS, Runner
 from harness.prompts import default_pairs, spread
 from harness.records import Intervention
 
@@ -33,6 +38,65 @@ ARM = Intervention("kv+v_proj@27", kv_layers="all", patches=("v_proj@27",))
 MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                   num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
                   rope_theta=1e6, sliding_window=None, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+
+
+#: Nominal memory bandwidth (GB/s) by a substring of the device's name (the first match wins).
+BANDWIDTH_GBS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100-SXM4-80GB": 2039.0,
+                 "A100": 1555.0, "L40S": 864.0, "L4": 300.0, "A10": 600.0, "RTX 4090": 1008.0,
+                 "V100": 900.0, "T4": 320.0}
+#: A guess for a CPU's memory bandwidth (one socket, dual-channel DDR4/5): pass --bandwidth-gbs.
+CPU_GUESS_GBS = 40.0
+
+
+def device_bandwidth(device: str, given: float | None) -> tuple[float, str]:
+    """The bandwidth (GB/s) the bound uses, and where it comes from."""
+    if given is not None:
+        if not given > 0:
+            raise HarnessValueError(f"--bandwidth-gbs {given}; expected a positive number of GB/s")
+        return given, "given"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device if ":" in device else "cuda:0"))
+        for key, gbs in BANDWIDTH_GBS.items():
+            if key in name:
+                return gbs, f"nominal for {name}"
+        raise HarnessValueError(f"no nominal bandwidth known for {name!r}; pass --bandwidth-gbs (its memory "
+                                "bandwidth in GB/s)")
+    return CPU_GUESS_GBS, "a CPU guess, not measured: pass --bandwidth-gbs for this machine"
+
+
+def bytes_per_step(model: Any, rows: int, cached: float) -> tuple[int, float]:
+    """Bytes a decoding step must read at least: every parameter once (weights bytes), and each
+    row's keys and values at ``cached`` positions (2 x layers x KV heads x head dim x bytes)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cfg = model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    size = next(model.parameters()).element_size()
+    return weights, 2 * cfg.num_hidden_layers * heads * head_dim * size * rows * cached
+
+
+class StepTimer:
+    """Times between successive one-token forward calls of the whole model (decoding steps)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.starts, self._handle = model, [], None
+
+    def _pre(self, module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] == 1:
+            _sync()
+            self.starts.append(time.perf_counter())
+
+    def __enter__(self) -> StepTimer:
+        self._handle = self.model.register_forward_pre_hook(self._pre, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def median(self) -> float:
+        gaps = sorted(b - a for a, b in zip(self.starts, self.starts[1:]))
+        return gaps[len(gaps) // 2] if gaps else math.nan
 
 
 def _random_subject(device: str, dtype: str) -> Any:
@@ -92,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     parser.add_argument("--skip-single", action="store_true",
                         help="skip the one-pair-at-a-time run (long at the full profile's size)")
+    parser.add_argument("--decoding", choices=DECODINGS, default="dynamic",
+                        help="the harness's decoding cache: dynamic (the reference) or static (default: dynamic)")
+    parser.add_argument("--bandwidth-gbs", type=float, default=None,
+                        help="the device's memory bandwidth in GB/s for the bound (default: nominal for known "
+                             "GPUs, a guess on the CPU)")
     args = parser.parse_args(argv)
+    bandwidth, where = device_bandwidth(args.device, args.bandwidth_gbs)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.random_config:
@@ -106,13 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     protocol = CORRECTED.with_(gen_tokens=args.tokens, stop_at_eos=False)
     Runner(subject).run_many(pairs[:2], ARM, protocol.with_(gen_tokens=2), seeds)  # warm-up
 
-    single = Runner(subject)
+    single = Runner(subject, decoding=args.decoding)
     t_single, one = (math.nan, None) if args.skip_single else _timed(
         lambda: [single.run(p, ARM, protocol, seeds[p.id]) for p in pairs])
-    batched = Runner(subject)
-    t_batched, many = _timed(lambda: batched.run_many(pairs, ARM, protocol, seeds))
+    batched = Runner(subject, decoding=args.decoding)
+    with StepTimer(subject.model) as steps:
+        t_batched, many = _timed(lambda: batched.run_many(pairs, ARM, protocol, seeds))
     t_bare, _ = _timed(lambda: _bare(batched, pairs, args.seeds, args.tokens))
     rows = len(pairs) * args.seeds
+    # the cache a step reads: the longest prompt (rows are left-padded to it) plus the mean
+    # number of tokens generated before the step
+    longest = max(batched.ids(p.baseline).shape[1] for p in pairs)
+    weights, kv = bytes_per_step(subject.model, rows, longest + (args.tokens - 1) / 2)
+    bound = (weights + kv) / (bandwidth * 1e9)
+    step = steps.median()
     same = one is None or [a.tokens for a in one] == [b.tokens for b in many]
     print(f"model {subject.name} on {args.device} ({args.dtype}); arm {ARM.name}, corrected; "
           f"{len(pairs)} pairs x {args.seeds} seeds x {args.tokens} tokens = {rows * args.tokens} tokens")
@@ -121,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare generate:      {t_bare:8.2f} s  (same rows and tokens; no splice, patch or seeded sampler)")
     print(f"batched speed-up:   {t_single / t_batched:.2f}x; harness / bare generate: {t_batched / t_bare:.2f}x")
     print(f"batched rows equal one-at-a-time rows: {'not compared' if one is None else same}")
+    print(f"decoding step ({args.decoding} cache): {step * 1e3:.2f} ms measured (median); bandwidth bound "
+          f"{bound * 1e3:.4g} ms = ({weights / 1e9:.4g} GB weights + {kv / 1e9:.4g} GB KV cache) / "
+          f"{bandwidth:g} GB/s ({where}); the step runs at {bound / step:.1%} of the bound")
     if torch.cuda.is_available():
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0 if same else 1

@@ -7,6 +7,8 @@
 - The loading argument for the weights dtype: ``torch_dtype=`` (4.x) or ``dtype=`` (5.x).
 - A config's rope settings: ``rope_scaling`` (4.x, ``type`` or ``rope_type``) or
   ``rope_parameters`` (5.x, possibly one dict per layer type).
+- A static (preallocated) cache for decoding: 5.x only (4.x's static layers find their
+  length by counting non-zero slots, which left padding makes wrong).
 
 Nothing else in the harness checks the library's version.
 """
@@ -20,7 +22,7 @@ from typing import Any
 from harness.errors import HarnessValueError
 
 __all__ = ["cache_kwarg", "output_cache", "cache_from_kwargs", "cache_layers", "new_cache", "dtype_kwarg",
-           "transformers_major", "rope_settings"]
+           "transformers_major", "rope_settings", "static_cache", "STATIC_GENERATE_KWARGS"]
 
 
 def transformers_major() -> int:
@@ -39,6 +41,32 @@ def new_cache() -> Any:
     from transformers import DynamicCache
 
     return DynamicCache()
+
+
+def static_cache(n_layers: int, max_len: int, keys: Any = (), values: Any = ()) -> Any:
+    """A full-attention static cache of ``max_len`` slots per layer, holding copies of ``keys``
+    and ``values`` (per layer (batch, kv_heads, seq, head_dim); empty: filled by the first call).
+
+    Its tensors keep one address for the whole generation (what a captured or compiled decoding
+    step needs). Needs transformers 5: refused on 4.x, whose static layers would miscount.
+    """
+    if transformers_major() < 5:
+        import transformers
+
+        raise HarnessValueError(
+            f"static-cache decoding needs transformers 5 (installed: {transformers.__version__}); "
+            "use the default dynamic cache, or upgrade transformers")
+    from transformers.cache_utils import Cache, StaticLayer
+
+    cache = Cache(layers=[StaticLayer(max_cache_len=max_len) for _ in range(n_layers)])
+    for i, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k.clone(), v.clone(), i)
+    return cache
+
+
+#: ``generate`` arguments that keep a static cache's decoding eager (the library would compile
+#: it on a GPU by itself, hooks and all): compilation is the caller's explicit choice.
+STATIC_GENERATE_KWARGS = {"disable_compile": True}
 
 
 @functools.lru_cache(maxsize=None)

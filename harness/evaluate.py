@@ -99,6 +99,8 @@ class _Cell:
 
     def rv_difference(self, late: int, early: int) -> dict[str, float]:
         sites = (Site("v_proj", late), Site("v_proj", early))
+        for site in sites:  # one padded pass per site for every prompt, not one per prompt
+            self.ev.runner.activations([t for p in self.pairs for t in (p.champion, p.baseline)], site)
         out = {}
         for pair in self.pairs:
             rv = [r_v(*(self.ev.runner.activation(text, s) for s in sites), window=self.protocol.window)
@@ -108,6 +110,7 @@ class _Cell:
 
     def pr_difference(self, layer: int) -> dict[str, float]:
         geo = self.ev.geometry
+        geo.pr_profiles([t for p in self.pairs for t in (p.champion, p.baseline)])  # one padded pass
         return {p.id: float(geo.pr_profile(p.champion)[layer] - geo.pr_profile(p.baseline)[layer])
                 for p in self.pairs}
 

@@ -1,11 +1,12 @@
 """Run arms: prefill, splice, persistent patches, seeded sampling, many pairs per batch.
 
 Every arm of a pair is sampled with the pair's seeds, one batch row per seed, so
-arm differences are not sampling noise. :meth:`Runner.run_many` prefills each pair
-on its own (under the arm's prefill patches), then decodes every pair of the arm
-in one ``generate`` call: rows left-padded with the real attention mask, spliced
-caches stacked, each pair's patches acting on its own rows with its own sources
-and counts (:class:`harness.patches.RowGroup`). Sampling is seeded per row
+arm differences are not sampling noise. :meth:`Runner.run_many` prefills all pairs
+of the arm in one padded pass per step (clean caches, source activations, the
+patched prefill), however many pairs there are, then decodes them in one
+``generate`` call: rows left-padded with the real attention mask, spliced caches
+stacked, each pair's patches acting on its own rows with its own sources and counts
+(:class:`harness.patches.RowGroup`). Sampling is seeded per row
 (:class:`harness.sampling.SeededSampler`): a pair's rows are the same in any batch.
 
 Two built-in protocols (see DESIGN.md):
@@ -53,39 +54,44 @@ import torch
 from transformers import StoppingCriteriaList
 
 from harness import progress
+from harness.compat import STATIC_GENERATE_KWARGS, static_cache
 from harness.errors import HarnessLookupError, HarnessValueError
 from harness.kv import cache_kwarg, check_fits_window, check_rope_switch, prefill, splice, stack_left_padded, unpad
+from harness.model import input_device
 from harness.patches import PatchCount, PatchSpec, RowGroup, install, norm_matched_random, record, source_site
+from harness.prompt_data import PromptData
 from harness.records import CORRECTED, ORIGINAL, PROTOCOLS, ArmResult, Intervention, Protocol, get_protocol
 from harness.sampling import SeededSampler, batch_rows
 from harness.scoring import Prepared as _Prepared
 from harness.scoring import Scoring
 from harness.sites import parse_site
 
-__all__ = ["SeededSampler", "Runner",
+#: How the decoding loop keeps its cache (see :class:`Runner`).
+DECODINGS = ("dynamic", "static")
+
+__all__ = ["SeededSampler", "Runner", "DECODINGS",
            # re-exported records, for code that imports them from here
            "Protocol", "ORIGINAL", "CORRECTED", "PROTOCOLS", "Intervention", "ArmResult", "get_protocol"]
 
 
-def _encode(tokenizer: Any, text: str, device: Any) -> torch.Tensor:
-    ids = tokenizer(text, return_tensors="pt").input_ids
-    if tokenizer.bos_token_id is not None and ids[0, 0].item() != tokenizer.bos_token_id:
-        ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
-    return ids.to(device)
-
-
-class Runner(Scoring):
+class Runner(PromptData, Scoring):
     """Runs arms for one subject; caches per-prompt data (never mutated) and arm results.
 
-    Teacher-forced scores of the champion's continuation come from :class:`Scoring`.
+    Per-prompt data (ids, clean caches, activations) comes from :class:`PromptData`,
+    teacher-forced scores of the champion's continuation from :class:`Scoring`.
     """
 
-    def __init__(self, subject: Any, max_batch: int | None = None) -> None:
+    def __init__(self, subject: Any, max_batch: int | None = None, decoding: str = "dynamic") -> None:
+        if decoding not in DECODINGS:
+            raise HarnessValueError(f"decoding {decoding!r}; expected one of {', '.join(DECODINGS)}")
         self.subject = subject
+        #: "dynamic" (the reference: a cache that grows each step) or "static" (preallocated
+        #: to the call's length: fixed tensor addresses, what a compiled or captured step needs)
+        self.decoding = decoding
         self.model = subject.model
         self.layout = subject.layout
         self.tokenizer = subject.tokenizer
-        self.device = next(self.model.parameters()).device
+        self.device = input_device(self.model)  # not a parameter's: offloaded ones sit on 'meta'
         self.max_batch = max_batch
         self._ids: dict[str, torch.Tensor] = {}
         self._caches: dict[tuple[str, bool], Any] = {}
@@ -98,65 +104,6 @@ class Runner(Scoring):
         #: generate calls made, and rows generated (for the bench and the report)
         self.calls = 0
         self.rows = 0
-
-    # -- per-prompt data, computed once ---------------------------------------
-    def ids(self, text: str) -> torch.Tensor:
-        if text not in self._ids:
-            self._ids[text] = _encode(self.tokenizer, text, self.device)
-        return self._ids[text]
-
-    def cache(self, text: str, *, without_last: bool = False) -> Any:
-        """The clean (unpatched) cache of a prompt, or of the prompt without its last token."""
-        return self.caches([text], without_last=without_last)[0]
-
-    def caches(self, texts: Sequence[str], *, without_last: bool = False) -> list[Any]:
-        """Clean caches of many prompts, the missing ones in one right-padded pass (memoised).
-
-        Under causal attention a row's padding after its last token cannot reach its own
-        positions, which are kept; the padded slots are cut away.
-        """
-        todo = [t for t in dict.fromkeys(texts) if (t, without_last) not in self._caches]
-        if todo:
-            rows = [self.ids(t)[:, :-1] if without_last else self.ids(t) for t in todo]
-            batch, lengths = self._right_padded(rows)
-            snap = prefill(self.model, batch)[1]
-            for i, (text, n) in enumerate(zip(todo, lengths)):
-                self._caches[(text, without_last)] = unpad(snap, i, 0, n)
-        return [self._caches[(t, without_last)] for t in texts]
-
-    def activation(self, text: str, site: Any) -> torch.Tensor:
-        return self.activations([text], site)[0]
-
-    def activations(self, texts: Sequence[str], site: Any) -> list[torch.Tensor]:
-        """Each prompt's activation (T, d) at ``site``, the missing ones in one pass (memoised)."""
-        todo = [t for t in dict.fromkeys(texts) if (t, site) not in self._acts]
-        if todo:
-            batch, lengths = self._right_padded([self.ids(t) for t in todo])
-            found = record(self.model, self.layout, batch, [site], keep_batch=True)[site]
-            for i, (text, n) in enumerate(zip(todo, lengths)):
-                self._acts[(text, site)] = found[i, :n].clone()
-        return [self._acts[(t, site)] for t in texts]
-
-    @property
-    def pad_id(self) -> int:
-        """The id padding slots hold (their content is masked or cut away, never read)."""
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-
-    def _right_padded(self, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-        length = max(r.shape[1] for r in rows)
-        return torch.cat([torch.cat([r, r.new_full((1, length - r.shape[1]), self.pad_id)], 1) for r in rows]), \
-            [r.shape[1] for r in rows]
-
-    def _left_padded(self, rows: Sequence[torch.Tensor], repeats: Sequence[int]
-                     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Ids (1, n_i) left-padded to one length, row i repeated ``repeats[i]`` times; the
-        attention mask (0 on padding, on the model's device) and each row's padding."""
-        length = max(r.shape[1] for r in rows)
-        pads = [length - r.shape[1] for r in rows]
-        ids = torch.cat([torch.cat([r.new_full((1, pad), self.pad_id), r], 1).expand(n, -1)
-                         for r, pad, n in zip(rows, pads, repeats)])
-        mask = torch.cat([(torch.arange(length) >= pad).long()[None].expand(n, -1) for pad, n in zip(pads, repeats)])
-        return ids, mask.to(self.device), pads
 
     # -- arms -----------------------------------------------------------------
     def run(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: Sequence[int]) -> ArmResult:
@@ -242,19 +189,30 @@ class Runner(Scoring):
 
     def _prepare_many(self, pairs: Sequence[Any], arm: str | Intervention, protocol: Protocol,
                       seeds: Mapping[str, tuple[int, ...]]) -> list[_Prepared]:
-        """:meth:`_prepare` for many pairs; the corrected protocol's patched prefills of all
-        pairs go in one left-padded pass, each pair's patches on its own row."""
+        """:meth:`_prepare` for many pairs, every forward pass batched over the pairs: the
+        clean caches and source activations of all missing prompts (one pass each, memoised),
+        the aligned source's champion runs and recordings, and the corrected protocol's
+        patched prefills (one left-padded pass, each pair's patches on its own row). What is
+        left per pair is bookkeeping on memoised tensors, never a forward pass."""
         texts = [p.baseline if arm == "baseline" else p.champion for p in pairs]
-        if arm in ("baseline", "champion") and not protocol.refeed_last:
-            self.caches(texts, without_last=True)  # one pass for the missing ones
-        if not isinstance(arm, Intervention) or protocol.refeed_last or (protocol.decode_source == "aligned"):
+        if not isinstance(arm, Intervention):
+            if arm in ("baseline", "champion") and not protocol.refeed_last:
+                self.caches(texts, without_last=True)  # one pass for the missing ones
             return [self._prepare(p, arm, protocol, seeds[p.id]) for p in pairs]
+        if arm.kv_layers:  # clean passes first: memoised, never under a hook
+            self.caches([p.champion for p in pairs], without_last=not protocol.refeed_last)
+        if protocol.refeed_last:  # the original prefills whole baselines before its hooks exist
+            self.caches([p.baseline for p in pairs])
         specs = self._specs(arm, protocol)
-        for spec in specs:  # one pass per site for the missing champion activations
-            self.activations([p.champion for p in pairs], source_site(spec))
-        if arm.kv_layers:
-            self.caches([p.champion for p in pairs], without_last=True)
-        sources = [self._sources(p, specs, arm, protocol, seeds[p.id], None) for p in pairs]
+        aligned: list[Any] = [None] * len(pairs)
+        if protocol.decode_source == "aligned" and protocol.patch_mode == "corrected" and specs:
+            aligned = self._aligned_acts(pairs, specs, protocol, seeds, None)
+        else:
+            for spec in specs:  # one pass per site for the missing champions
+                self.activations([p.champion for p in pairs], source_site(spec))
+        sources = [self._sources(p, specs, arm, protocol, seeds[p.id], None, a) for p, a in zip(pairs, aligned)]
+        if protocol.refeed_last:
+            return [self._prepare(p, arm, protocol, seeds[p.id], sources=src) for p, src in zip(pairs, sources)]
         return self._prefilled(pairs, arm, protocol, seeds, sources)
 
     def _prefilled(self, pairs: Sequence[Any], arm: Intervention, protocol: Protocol,
@@ -292,8 +250,10 @@ class Runner(Scoring):
                       keep_first=keep_first)
 
     def _prepare(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...],
-                 continuation: tuple[int, ...] | None = None) -> _Prepared:
-        """Prefill and splice one pair for ``arm``; the prefill runs under the arm's prefill patches."""
+                 continuation: tuple[int, ...] | None = None,
+                 sources: dict[PatchSpec, tuple[torch.Tensor, int]] | None = None) -> _Prepared:
+        """Prefill and splice one pair for ``arm``; the prefill runs under the arm's prefill patches
+        (``sources``: the patches' sources when :meth:`_prepare_many` computed them)."""
         if arm in ("baseline", "champion"):
             text = pair.baseline if arm == "baseline" else pair.champion
             ids = self.ids(text)
@@ -301,7 +261,8 @@ class Runner(Scoring):
             return _Prepared(pair, seeds, ids, snap, ids.shape[1], {})
         if not isinstance(arm, Intervention):
             raise HarnessLookupError(f"unknown arm {arm!r}; expected 'baseline', 'champion' or an Intervention")
-        sources = self._sources(pair, self._specs(arm, protocol), arm, protocol, seeds, continuation)
+        if sources is None:
+            sources = self._sources(pair, self._specs(arm, protocol), arm, protocol, seeds, continuation)
         if arm.kv_layers:  # clean passes first: memoised, never under a hook
             self.cache(pair.champion, without_last=not protocol.refeed_last)
         if not protocol.refeed_last:
@@ -352,7 +313,12 @@ class Runner(Scoring):
             "pad_token_id": pad if pad is not None else self.tokenizer.eos_token_id,
             "eos_token_id": self.tokenizer.eos_token_id if protocol.stop_at_eos else None,
         }
-        if snap is not None:
+        if self.decoding == "static":
+            keys, values = (snap.keys, snap.values) if snap is not None else ((), ())
+            kwargs[cache_kwarg(self.model)] = static_cache(self.layout.n_layers, input_ids.shape[1] + protocol.gen_tokens,
+                                                           keys, values)
+            kwargs.update(STATIC_GENERATE_KWARGS)
+        elif snap is not None:
             kwargs[cache_kwarg(self.model)] = snap.to_cache()
         if not protocol.greedy:
             kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k, protocol.gen_tokens)]
@@ -373,23 +339,20 @@ class Runner(Scoring):
 
     def _sources(self, pair: Any, specs: list[PatchSpec], intervention: Intervention, protocol: Protocol,
                  seeds: tuple[int, ...], continuation: tuple[int, ...] | None,
+                 aligned_acts: dict[Any, torch.Tensor] | None = None,
                  ) -> dict[PatchSpec, tuple[torch.Tensor, int]]:
         """Each patch's source activations, and how many of their positions are the champion's prompt.
 
         With an ``aligned`` decode source the champion's activations cover its own
         generation too: per seed (one source per batch row) when sampling, or the
-        scored continuation when teacher-forcing.
+        scored continuation when teacher-forcing (``aligned_acts``: those recordings when
+        :meth:`_aligned_acts` made them for many pairs at once).
         """
         ids_c = self.ids(pair.champion)
         aligned = protocol.decode_source == "aligned" and protocol.patch_mode == "corrected"
         if aligned and specs:
-            if continuation is not None:
-                tail = torch.tensor([continuation], device=self.device)
-            else:
-                champion = self.run(pair, "champion", protocol.with_(stop_at_eos=False), seeds)
-                tail = torch.tensor(champion.tokens, device=self.device)
-            sequence = torch.cat([ids_c.expand(tail.shape[0], -1), tail], dim=1)
-            acts = record(self.model, self.layout, sequence, [source_site(s) for s in specs])
+            acts = aligned_acts if aligned_acts is not None else self._aligned_acts(
+                [pair], specs, protocol, {pair.id: seeds}, None if continuation is None else [continuation])[0]
         sources = {}
         for i, spec in enumerate(specs):
             act = acts[source_site(spec)] if aligned else self.activation(pair.champion, source_site(spec))
@@ -397,6 +360,27 @@ class Runner(Scoring):
                 act = norm_matched_random(act, seed=1000 + i)
             sources[spec] = (act, ids_c.shape[1])
         return sources
+
+    def _aligned_acts(self, pairs: Sequence[Any], specs: list[PatchSpec], protocol: Protocol,
+                      seeds: Mapping[str, tuple[int, ...]], continuations: Sequence[tuple[int, ...]] | None,
+                      ) -> list[dict[Any, torch.Tensor]]:
+        """The champions' activations over prompt + continuation (their own sampled rows, or
+        ``continuations``), every pair in one right-padded pass: per pair and source site,
+        (rows, T, d), or (T, d) for one row (the shape a recording of the pair alone has)."""
+        if continuations is not None:
+            tails = [torch.tensor([c], device=self.device) for c in continuations]
+        else:
+            runs = self.run_many(pairs, "champion", protocol.with_(stop_at_eos=False), seeds)
+            tails = [torch.tensor(r.tokens, device=self.device) for r in runs]
+        sequences = [torch.cat([self.ids(p.champion).expand(t.shape[0], -1), t], dim=1) for p, t in zip(pairs, tails)]
+        sites = list(dict.fromkeys(source_site(s) for s in specs))
+        batch, lengths = self._right_padded(sequences)
+        found = record(self.model, self.layout, batch, sites, keep_batch=True)
+        out, row = [], 0
+        for seq, n in zip(sequences, lengths):
+            out.append({site: found[site][row : row + seq.shape[0], :n].clone().squeeze(0) for site in sites})
+            row += seq.shape[0]
+        return out
 
 
 def _summed(counts: Sequence[PatchCount]) -> tuple[PatchCount, ...]:

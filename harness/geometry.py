@@ -32,11 +32,23 @@ class Geometry:
     def pr_profile(self, text: str) -> np.ndarray:
         """PR of V at every layer (as written for 32 layers: 0..31), last ``window`` prompt
         positions; shape (32,). One forward pass records all layers."""
-        if text not in self._profiles:
-            sites = [Site("v_proj", layer) for layer in range(32)]
-            acts = record(self.runner.model, self.runner.layout, self.runner.ids(text), sites)
-            self._profiles[text] = np.array([participation_ratio(acts[s][-self.window:]) for s in sites])
-        return self._profiles[text]
+        return self.pr_profiles([text])[0]
+
+    def pr_profiles(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """:meth:`pr_profile` of many prompts, the missing ones right-padded in batched passes
+        (padding after a prompt cannot reach its positions under causal attention)."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._profiles]
+        sites = [Site("v_proj", layer) for layer in range(32)]
+        for start in range(0, len(todo), self.batch):
+            chunk = todo[start : start + self.batch]
+            rows = [self.runner.ids(t)[0].tolist() for t in chunk]
+            lengths, length = [len(r) for r in rows], max(len(r) for r in rows)
+            pad = self.runner.tokenizer.pad_token_id or 0
+            ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows], device=self.runner.device)
+            acts = record(self.runner.model, self.runner.layout, ids, sites, keep_batch=True)
+            for i, (text, n) in enumerate(zip(chunk, lengths)):
+                self._profiles[text] = np.array([participation_ratio(acts[s][i, n - self.window : n]) for s in sites])
+        return [self._profiles[t] for t in texts]
 
     def sequence_rv(self, sequences: Sequence[Sequence[int]], late: int, early: int) -> list[float]:
         """R_V over the last ``window`` positions of each token sequence (prompt + continuation).

@@ -19,12 +19,17 @@ from typing import Any
 from harness.compat import dtype_kwarg
 from harness.errors import HarnessLookupError, HarnessValueError
 
-__all__ = ["Subject", "load_subject", "check_device", "check_dtype", "DTYPES"]
+__all__ = ["Subject", "load_subject", "check_device", "check_dtype", "check_auto_available", "input_device",
+           "device_map", "DTYPES", "AUTO_INSTALL"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 _DEVICE_RE = re.compile(r"^(cpu|auto|cuda|cuda:\d+|mps)$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+#: The name a device map gives the whole model ("" in accelerate's maps), readable in a report.
+WHOLE_MODEL = "(whole model)"
+#: How to get accelerate, which ``--device auto`` (a device map) needs.
+AUTO_INSTALL = "pip install 'claims-harness[auto]' (or: pip install accelerate)"
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,43 @@ def check_device(device: str) -> str:
             "(auto spreads the model over the visible GPUs with device_map)"
         )
     return device
+
+
+def check_auto_available() -> None:
+    """Refuse ``--device auto`` when accelerate, which places the model by a device map, cannot
+    be imported (checked before any weights load)."""
+    from harness.errors import PreflightError
+
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as exc:
+        raise PreflightError(
+            f"--device auto: spreading the model with a device map needs the accelerate package, which "
+            f"cannot be imported here ({exc}); install it with {AUTO_INSTALL}, or use --device cpu or cuda"
+        ) from None
+
+
+def input_device(model: Any) -> Any:
+    """The device the model's inputs go to: its input embedding's, which is where a device map
+    (or accelerate's offload hooks: weights kept on the CPU or disk, moved in per call) runs it."""
+    embed = model.get_input_embeddings()
+    hook = getattr(embed, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        import torch
+
+        return torch.device(execution)
+    return embed.weight.device
+
+
+def device_map(model: Any) -> dict[str, str]:
+    """Where each part of the model lives (module name -> device, ``cpu`` or ``disk`` for
+    offloaded weights), as loading with a device map placed it; the whole model (the map's
+    empty name, shown as ``WHOLE_MODEL``) on its device otherwise."""
+    placed = getattr(model, "hf_device_map", None)
+    if placed:
+        return {str(name) or WHOLE_MODEL: str(where) for name, where in placed.items()}
+    return {WHOLE_MODEL: str(input_device(model))}
 
 
 def check_dtype(dtype: str) -> str:
@@ -189,14 +231,24 @@ def load_subject(
     dtype: str = "float32",
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> Subject:
     """Load a model folder or hub id as a :class:`Subject` in eval mode.
 
     ``spec`` None loads the embedded toy model. A hub id reaches the network
     unless ``HF_HUB_OFFLINE`` is set, in which case only the local cache is used.
+    ``device="auto"`` places the model with accelerate's device map over the visible
+    GPUs and the CPU; ``max_memory`` (per device, as accelerate takes it) and
+    ``offload_folder`` (where weights that fit nowhere go, on disk) shape that map.
     """
     check_device(device)
     check_dtype(dtype)
+    if device == "auto":
+        check_auto_available()
+    elif max_memory is not None or offload_folder is not None:
+        raise HarnessValueError(
+            f"max_memory / offload_folder shape a device map; they need device='auto', not {device!r}")
     from harness.toy import TOY_MODEL_DIR
 
     if spec is None:
@@ -231,6 +283,10 @@ def load_subject(
     load_kwargs[dtype_kwarg()] = _torch_dtype(dtype)
     if device == "auto":
         load_kwargs["device_map"] = "auto"
+        if max_memory is not None:
+            load_kwargs["max_memory"] = max_memory
+        if offload_folder is not None:
+            load_kwargs["offload_folder"] = os.fspath(offload_folder)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
     except (OSError, ValueError, RuntimeError) as exc:  # damaged weights, shapes that disagree with config

@@ -214,6 +214,7 @@ class HarnessSession:
         import torch
         import transformers
 
+        from harness.model import device_map
         from harness.records import PROTOCOLS
 
         o = self.options
@@ -222,6 +223,7 @@ class HarnessSession:
             "model_path": _shown_path(subject.path) or subject.name, "weights_sha256": subject.weights_hash,
             "tokenizer_sha256": subject.tokenizer_hash, "bos": subject.tokenizer.bos_token_id is not None,
             "n_layers": subject.n_layers, "device": subject.device, "dtype": subject.dtype,
+            "device_map": device_map(subject.model),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "pairs": len(self.pairs()), "pair_ids": [p.id for p in self.pairs()], "seeds_per_pair": o.seeds,
             "gen_tokens": o.gen_tokens, "prompts": str(o.prompts or "bundled toy bank"),

@@ -93,10 +93,15 @@ def check_named(options: RunOptions, ledger: str | None, pairs: int | None) -> N
 
 
 def check_device_available(device: str) -> None:
-    """Refuse a device this machine does not have (``cuda``, ``cuda:N``, ``mps``)."""
+    """Refuse a device this machine does not have (``cuda``, ``cuda:N``, ``mps``), and ``auto``
+    without accelerate."""
     from harness.model import check_device
 
     check_device(device)
+    if device == "auto":
+        from harness.model import check_auto_available
+
+        check_auto_available()
     if device in ("cpu", "auto"):
         return
     import torch

@@ -74,13 +74,16 @@ def batch_rows(model: Any, longest: int, max_batch: int | None = None) -> int:
         if max_batch < 1:
             raise HarnessValueError(f"--max-batch {max_batch}; expected a positive integer")
         return max_batch
+    from harness.model import input_device
+
     param = next(model.parameters())
-    if param.device.type != "cuda":
+    device = input_device(model)  # a device map's execution device (offloaded weights sit on 'meta')
+    if device.type != "cuda":
         return CPU_MAX_BATCH
     cfg = model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     per_row = 2 * cfg.num_hidden_layers * heads * head_dim * longest * param.element_size() * 4
     per_row += cfg.vocab_size * 4 * 3  # logits, probabilities and their cumulative sum, float32
-    free, _ = torch.cuda.mem_get_info(param.device)
+    free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(4096, int(0.5 * free // per_row)))

@@ -179,3 +179,69 @@ def test_scores_batched_over_pairs_equal_each_pair_scored_alone(protocol, arm):
         single = alone.continuation_logprob(pair, arm, short(protocol, 8),
                                             alone.champion_continuation(pair, short(protocol, 8)))
         assert abs(value - single) < 1e-4, pair.id
+
+
+def _forward_calls(pairs, arm, protocol):
+    """Forward calls of the whole model for one arm on ``pairs`` (a fresh runner: nothing memoised)."""
+    runner = Runner(load_subject())
+    calls = []
+    handle = runner.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        runner.run_many(pairs, arm, protocol, {p.id: p.seeds(2) for p in pairs})
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+@pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED, CORRECTED.with_(decode_source="aligned")],
+                         ids=["original", "corrected", "corrected-aligned"])
+@pytest.mark.parametrize("arm", ["baseline", KV_ONLY, L27_V, RELAY], ids=str)
+def test_forward_passes_per_arm_do_not_grow_with_the_number_of_pairs(protocol, arm):
+    """Every prefill of an arm (clean caches, sources, patched prefill, the aligned source's
+    champion run) is one padded pass for all pairs: 2 pairs and 6 pairs take as many model
+    calls, which is the decoding steps plus a few passes."""
+    protocol = short(protocol, 4)
+    pairs = spread(default_pairs(), 6)
+    few, many = _forward_calls(pairs[:2], arm, protocol), _forward_calls(pairs, arm, protocol)
+    assert few == many
+    # at most: champion caches, baseline caches, one source pass per site, the patched prefill,
+    # and for an aligned source the champion's own generation and its recording
+    decoding = protocol.gen_tokens * (2 if protocol.decode_source == "aligned" else 1)
+    assert many <= decoding + 6
+
+
+@pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED, CORRECTED.with_(decode_source="aligned")],
+                         ids=["original", "corrected", "corrected-aligned"])
+@pytest.mark.parametrize("arm", ["baseline", "champion", KV_ONLY, L27_V, RELAY], ids=str)
+def test_static_cache_decoding_gives_the_tokens_and_counts_of_the_dynamic_cache(protocol, arm):
+    """float32 on the toy: a preallocated cache (spliced snapshot copied in, patches active in
+    every decoding step) decodes exactly what the growing reference cache decodes."""
+    subject = load_subject()
+    pairs = spread(default_pairs(), 4)  # padding varies
+    seeds = {p.id: p.seeds(3) for p in pairs}
+    protocol = short(protocol, 8)
+    eager = Runner(subject).run_many(pairs, arm, protocol, seeds)
+    static = Runner(subject, decoding="static").run_many(pairs, arm, protocol, seeds)
+    assert [r.tokens for r in static] == [r.tokens for r in eager]
+    assert [r.patch_counts for r in static] == [r.patch_counts for r in eager]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "phi3"])
+def test_static_cache_decoding_matches_on_other_layouts(family):
+    """Absolute positions (GPT-2: left-aligned splice) and a fused QKV with partial rotary (Phi-3)."""
+    from tiny import tiny_gpt2, tiny_phi3, tiny_subject
+
+    subject = tiny_subject({"gpt2": tiny_gpt2, "phi3": tiny_phi3}[family])
+    pairs = spread(default_pairs(), 3)
+    seeds = {p.id: p.seeds(2) for p in pairs}
+    for protocol in (short(ORIGINAL, 6), short(CORRECTED, 6)):
+        eager = Runner(subject).run_many(pairs, L27_V, protocol, seeds)
+        static = Runner(subject, decoding="static").run_many(pairs, L27_V, protocol, seeds)
+        assert [r.tokens for r in static] == [r.tokens for r in eager], protocol.name
+
+
+def test_an_unknown_decoding_is_refused_naming_the_choices():
+    from harness.errors import HarnessValueError
+
+    with pytest.raises(HarnessValueError, match="decoding 'graph'; expected one of dynamic, static"):
+        Runner(load_subject(), decoding="graph")

@@ -42,3 +42,16 @@ def test_sequence_rv_batched_equals_each_sequence_alone(runner):
         assert abs(value - alone) < 1e-4 * max(1.0, abs(alone))
     assert len({round(v, 6) for v in batched}) == len(seqs)  # different sequences, different values
     assert not np.isnan(batched).any()
+
+
+def test_pr_profiles_batched_equal_each_prompt_alone(runner):
+    """Prompts of different lengths, right-padded in one pass (and in chunks smaller than
+    their number), give each prompt's own profile."""
+    texts = [p.champion for p in default_pairs()[:3]] + [p.baseline for p in default_pairs()[:3]]
+    assert len({len(runner.ids(t)[0]) for t in texts}) > 1  # the padding varies
+    batched = Geometry(runner, batch=4).pr_profiles(texts)
+    for text, profile in zip(texts, batched):
+        sites = [Site("v_proj", layer) for layer in range(32)]
+        acts = record(runner.model, runner.layout, runner.ids(text), sites)
+        alone = np.array([participation_ratio(acts[s][-16:]) for s in sites])
+        np.testing.assert_allclose(profile, alone, rtol=1e-4)

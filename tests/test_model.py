@@ -131,3 +131,110 @@ def test_weights_that_disagree_with_their_config_are_one_error_not_a_traceback(t
     with pytest.raises(HarnessValueError, match=r"^--model .*mismatch: cannot load its weights: ") as info:
         load_subject(str(folder))
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- --device auto
+_WITHOUT_ACCELERATE = """
+import sys
+sys.modules["accelerate"] = None  # unimportable, as on a machine without it
+from harness.errors import PreflightError
+from harness.preflight import RunOptions, preflight
+from harness.model import load_subject
+for check in (lambda: preflight(RunOptions(device="auto")), lambda: load_subject(device="auto")):
+    try:
+        check()
+    except PreflightError as exc:
+        print("refused:", exc)
+import transformers
+print("weights loaded:", any(isinstance(m, transformers.PreTrainedModel) for m in __import__("gc").get_objects()))
+from harness.bench import main
+print("rc", main(["--device", "auto"]))
+"""
+
+
+def test_device_auto_without_accelerate_is_refused_in_one_line_naming_the_install(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_ACCELERATE], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    lines = out.stdout.splitlines()
+    refused = [line for line in lines if line.startswith("refused:")]
+    assert len(refused) == 2, out.stdout + out.stderr  # preflight and load_subject, one line each
+    for line in refused:
+        assert "--device auto" in line and "accelerate" in line and "pip install 'claims-harness[auto]'" in line
+    assert "weights loaded: False" in lines  # refused before any weights load
+    assert lines[-1] == "rc 2"  # python -m harness.bench: one line, exit 2
+    assert out.stderr.strip().count("\n") == 0 and "--device auto" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def offloaded(tmp_path_factory):
+    """A tiny model saved to a folder, and loaded with --device auto under a CPU budget that
+    leaves part of it on disk (accelerate's offload hooks move it in per call)."""
+    pytest.importorskip("accelerate")
+    from tiny import save_tiny, tiny_llama_gqa
+
+    folder = save_tiny(tiny_llama_gqa, tmp_path_factory.mktemp("model"))
+    subject = load_subject(folder, device="auto", max_memory={"cpu": 150_000},
+                           offload_folder=tmp_path_factory.mktemp("offload"))
+    return folder, subject
+
+
+def test_device_auto_spreads_the_model_and_records_where_each_part_lives(offloaded):
+    from harness.model import device_map, input_device
+
+    folder, subject = offloaded
+    placed = device_map(subject.model)
+    assert {"cpu", "disk"} <= set(placed.values()), placed
+    assert any(p.device.type == "meta" for p in subject.model.parameters())  # really offloaded
+    assert input_device(subject.model).type == "cpu"
+    assert device_map(load_subject(folder).model) == {"(whole model)": "cpu"}
+    with pytest.raises(HarnessValueError, match="device='auto'"):
+        load_subject(folder, max_memory={"cpu": 1})
+
+
+def test_offloaded_model_keeps_the_identities_and_the_tokens_of_the_model_on_one_device(offloaded):
+    from harness.generate import CORRECTED, ORIGINAL, Runner
+    from harness.plugin import _hooks_on
+    from harness.prompts import Pair, default_pairs, spread
+    from harness.records import Intervention
+    from tiny import KV_ONLY, L27_V
+
+    folder, subject = offloaded
+    pairs = spread(default_pairs(), 3)
+    seeds = {p.id: p.seeds(3) for p in pairs}
+    spread_runner, plain_runner = Runner(subject), Runner(load_subject(folder))
+    for protocol in (ORIGINAL.with_(gen_tokens=6), CORRECTED.with_(gen_tokens=6)):
+        for arm in ("baseline", L27_V):  # layer 27 maps to the last layer: on disk
+            got = spread_runner.run_many(pairs, arm, protocol, seeds)
+            want = plain_runner.run_many(pairs, arm, protocol, seeds)
+            assert [r.tokens for r in got] == [r.tokens for r in want], (protocol.name, str(arm))
+            assert [r.patch_counts for r in got] == [r.patch_counts for r in want]
+    protocol = CORRECTED.with_(gen_tokens=6, decode_source="aligned")
+    same = Pair("self", pairs[0].baseline, pairs[0].baseline)
+    baseline = spread_runner.run(same, "baseline", protocol, (0, 1, 2)).tokens
+    assert spread_runner.run(same, KV_ONLY, protocol, (0, 1, 2)).tokens == baseline  # self-splice
+    own = spread_runner.run(same, Intervention("own", patches=("v_proj@27", "resid_pre@18")), protocol, (0, 1, 2))
+    assert own.tokens == baseline  # a patch with the model's own activations is a no-op
+    assert all(c.calls > 0 for c in own.patch_counts)
+    assert _hooks_on(subject.model) == []  # ours all removed; accelerate's are not torch hooks
+    assert hasattr(subject.model.model.layers[-1], "_hf_hook")  # and accelerate's are still in place
+
+
+def test_a_model_wholly_offloaded_to_disk_runs_where_accelerate_executes_it(offloaded, tmp_path):
+    """Every parameter sits on 'meta' (weights on disk): inputs go to the execution device."""
+    from harness.generate import CORRECTED, Runner
+    from harness.model import device_map
+    from harness.prompts import default_pairs, spread
+    from tiny import L27_V
+
+    folder, _ = offloaded
+    subject = load_subject(folder, device="auto", max_memory={"cpu": 100_000}, offload_folder=tmp_path)
+    assert device_map(subject.model) == {"(whole model)": "disk"}
+    assert all(p.device.type == "meta" for p in subject.model.parameters())
+    pairs = spread(default_pairs(), 2)
+    seeds = {p.id: p.seeds(2) for p in pairs}
+    protocol = CORRECTED.with_(gen_tokens=4)
+    got = Runner(subject).run_many(pairs, L27_V, protocol, seeds)
+    assert [r.tokens for r in got] == [r.tokens for r in Runner(load_subject(folder)).run_many(pairs, L27_V, protocol, seeds)]
