@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 import transformers
-
-from harness.toy import TOY_MODEL_DIR
 
 pytest_plugins = ["pytester"]
 
@@ -96,15 +93,6 @@ def test_gpt2_positions_are_its_n_positions(pytester, loads, tmp_path):
     refused(pytester, loads, "--model", str(folder),
             match="*pair * has a prompt of * tokens, plus 24 generated, * positions; the model has "
                   "n_positions 64*")
-
-
-def test_a_sliding_window_the_prompts_do_not_fit(pytester, loads, tmp_path):
-    folder = tmp_path / "windowed"
-    shutil.copytree(TOY_MODEL_DIR, folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 16}))
-    refused(pytester, loads, "--model", str(folder),
-            match="sliding_window 16: pair * has a prompt of * tokens, plus 24 generated, * positions*")
 
 
 def test_longrope_positions_beyond_its_switch_to_the_long_factors(pytester, loads, tmp_path):
