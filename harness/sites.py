@@ -56,7 +56,7 @@ SOURCE_DEPTH = 32
 #: ``.mlp`` and ``model.model.rotary_emb``.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     "cohere", "cohere2", "gemma", "gemma2", "gemma3_text", "granite", "llama", "mistral", "mixtral", "olmo2",
-    "olmo3", "phi", "qwen2", "qwen3", "qwen3_moe", "stablelm",
+    "olmo3", "opt", "phi", "qwen2", "qwen3", "qwen3_moe", "stablelm",
 )
 
 #: model_type values with a fused QKV projection that a layout in :mod:`harness.layouts`
@@ -65,12 +65,12 @@ FUSED_MODEL_TYPES: dict[str, str] = {
     "gpt2": "attn.c_attn",
     "gpt_neox": "attention.query_key_value",
     "phi3": "self_attn.qkv_proj",
+    "gpt_bigcode": "attn.c_attn",
 }
 
 # Known fused layouts we still refuse, with the reason shown to the user: no adapter
 # knows where their value slice lies (or, for some, how their caches are laid out).
 _FUSED_QKV: dict[str, str] = {
-    "gpt_bigcode": "attn.c_attn",
     "falcon": "self_attention.query_key_value",
     "bloom": "self_attention.query_key_value",
     "mpt": "attn.Wqkv",

@@ -26,9 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 from harness.layouts.base import Layout
+from harness.layouts.bigcode import GPTBigCodeLayout
 from harness.layouts.gpt2 import GPT2Layout
 from harness.layouts.llama import Cohere2Layout, CohereLayout, LayerTypeRopeLayout, LlamaLayout, MixtralLayout, PhiLayout
 from harness.layouts.neox import GPTNeoXLayout
+from harness.layouts.opt import OPTLayout
 from harness.layouts.phi import Phi3Layout
 from harness.sites import SOURCE_DEPTH, _config_get, check_architecture
 
@@ -39,7 +41,7 @@ __all__ = ["Layout", "LlamaLayout", "GPT2Layout", "GPTNeoXLayout", "Phi3Layout",
 LAYOUTS: dict[str, type[Layout]] = {
     "gpt2": GPT2Layout, "gpt_neox": GPTNeoXLayout, "phi3": Phi3Layout, "phi": PhiLayout,
     "cohere": CohereLayout, "cohere2": Cohere2Layout, "gemma3_text": LayerTypeRopeLayout,
-    "olmo3": LayerTypeRopeLayout, "mixtral": MixtralLayout,
+    "olmo3": LayerTypeRopeLayout, "mixtral": MixtralLayout, "opt": OPTLayout, "gpt_bigcode": GPTBigCodeLayout,
 }
 
 
