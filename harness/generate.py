@@ -56,7 +56,7 @@ from transformers import StoppingCriteriaList
 from harness import progress
 from harness.compat import STATIC_GENERATE_KWARGS, static_cache
 from harness.errors import HarnessLookupError, HarnessValueError
-from harness.kv import cache_kwarg, check_fits_window, check_rope_switch, prefill, splice, stack_left_padded, unpad
+from harness.kv import cache_kwarg, check_rope_switch, prefill, splice, stack_left_padded, unpad
 from harness.model import input_device
 from harness.patches import PatchCount, PatchSpec, RowGroup, install, norm_matched_random, record, source_site
 from harness.prompt_data import PromptData
@@ -153,7 +153,6 @@ class Runner(PromptData, Scoring):
         specs = self._specs(arm, protocol)
         ids, mask, snap, pads = self._stack(prepared)
         flat = tuple(s for p in prepared for s in p.seeds)
-        check_fits_window(self.model.config, ids.shape[1] + protocol.gen_tokens)
         check_rope_switch(self.model.config, ids.shape[1] + protocol.gen_tokens)
         with self._installed(prepared, specs, pads) as handles:
             raw = self._generate(ids, mask, snap, protocol, flat, self._top_k(arm, protocol))

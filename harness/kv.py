@@ -21,7 +21,7 @@ import torch
 from harness.compat import cache_from_kwargs, cache_kwarg, cache_layers, new_cache, output_cache
 from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
 from harness.rope import as_rope
-from harness.sites import rope_switch_text, sliding_window_of
+from harness.sites import rope_switch_text
 
 __all__ = [
     "ALIGNMENTS",
@@ -31,7 +31,6 @@ __all__ = [
     "cache_from_kwargs",
     "snapshot",
     "prefill",
-    "check_fits_window",
     "check_rope_switch",
     "unpad",
     "resolve_layers",
@@ -130,22 +129,6 @@ def snapshot(cache: Any) -> KVSnapshot:
     )
 
 
-def check_fits_window(config: Any, length: int) -> None:
-    """Refuse a sequence of ``length`` positions that a sliding window would cut.
-
-    Within the window the model attends to every position, so a full (unwindowed)
-    cache computes exactly what the model does. Beyond it the model forgets the
-    oldest positions, and a splice of "the whole cache" no longer means anything.
-    """
-    window = sliding_window_of(config)
-    if window is not None and length > window:
-        raise HarnessValueError(
-            f"sliding_window {window}: a sequence of {length} positions (prompt plus generated "
-            f"tokens) does not fit the model's attention window; use prompts and --gen-tokens "
-            f"that total at most {window} positions"
-        )
-
-
 def check_rope_switch(config: Any, length: int) -> None:
     """Refuse a run whose sequences reach ``length`` positions beyond a LongRoPE model's switch to
     its long factors: one prefill of one sequence is consistent on either side, but a batch of
@@ -164,11 +147,11 @@ def prefill(
 
     ``input_ids``: (batch, seq). Returns logits ``(batch, seq, vocab)`` and the
     snapshot of the cache it built. No gradients are recorded. The cache is a plain
-    full-attention one, so a sliding-window model's cache is never cut to its window
-    (sequences beyond the window are refused: :func:`check_fits_window`). Left-padded
+    full-attention one, so a sliding-window model's cache is never cut to its window: the
+    model's own sliding mask (built from the config for every forward pass) hides what lies
+    beyond it, so attention is exactly that of the model's own windowed cache. Left-padded
     rows need their ``attention_mask`` and ``position_ids`` (see :func:`unpad`).
     """
-    check_fits_window(model.config, int(input_ids.shape[1]))
     with torch.no_grad():
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                         use_cache=True, **{cache_kwarg(model): new_cache()})

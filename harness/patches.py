@@ -120,9 +120,10 @@ def source_site(spec: PatchSpec) -> Site:
 class PositionTracker:
     """Records the cache slots ``[start, start + T)`` of the current forward call."""
 
-    def __init__(self, model: Any) -> None:
-        # The decoder stack (model.model, transformer, gpt_neox): called with ids and cache.
-        self._base = getattr(model, "base_model", None) or getattr(model, "model", model)
+    def __init__(self, model: Any, stack: Any = None) -> None:
+        # The decoder stack (model.model, transformer, gpt_neox): called with ids and cache. A
+        # layout names it where the causal LM calls an inner module instead (OPT: model.decoder).
+        self._base = stack or getattr(model, "base_model", None) or getattr(model, "model", model)
         self.start = 0
         self.length = 0
         self._handle: Any = None
@@ -300,7 +301,7 @@ def install(
         return given
 
     with ExitStack() as stack:
-        tracker = stack.enter_context(PositionTracker(model))
+        tracker = stack.enter_context(PositionTracker(model, getattr(layout, "stack_module", None)))
         yield [stack.enter_context(PatchHandle(model, layout, s, groups(s), tracker)) for s in specs]
 
 

@@ -264,7 +264,7 @@ def _n_tokens(tokenizer: Any, text: str) -> int:
 
 
 def _check_prompt_lengths(options: RunOptions) -> None:
-    from harness.sites import rope_switch_text, sliding_window_of
+    from harness.sites import rope_switch_text
     from harness.prompts import default_pairs, load_pairs
 
     pairs = load_pairs(options.prompts) if options.prompts else default_pairs()
@@ -304,11 +304,3 @@ def _check_prompt_lengths(options: RunOptions) -> None:
     switch = rope_switch_text(config, total)
     if switch is not None:
         raise PreflightError(f"{where}: pair {longest_id!r}: {switch}")
-    window = sliding_window_of(config)
-    if window is not None and total > window:
-        raise PreflightError(
-            f"sliding_window {window}: pair {longest_id!r} has a prompt of {longest} tokens, plus "
-            f"{options.gen_tokens} generated, {total} positions beyond the model's attention window; "
-            f"splicing the whole cache is only defined within it; use prompts and --gen-tokens that "
-            f"total at most {window} positions"
-        )

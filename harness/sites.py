@@ -56,7 +56,7 @@ SOURCE_DEPTH = 32
 #: ``.mlp`` and ``model.model.rotary_emb``.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     "cohere", "cohere2", "gemma", "gemma2", "gemma3_text", "granite", "llama", "mistral", "mixtral", "olmo2",
-    "olmo3", "phi", "qwen2", "qwen3", "qwen3_moe", "stablelm",
+    "olmo3", "opt", "phi", "qwen2", "qwen3", "qwen3_moe", "stablelm",
 )
 
 #: model_type values with a fused QKV projection that a layout in :mod:`harness.layouts`
@@ -65,17 +65,36 @@ FUSED_MODEL_TYPES: dict[str, str] = {
     "gpt2": "attn.c_attn",
     "gpt_neox": "attention.query_key_value",
     "phi3": "self_attn.qkv_proj",
+    "gpt_bigcode": "attn.c_attn",
 }
 
 # Known fused layouts we still refuse, with the reason shown to the user: no adapter
 # knows where their value slice lies (or, for some, how their caches are laid out).
 _FUSED_QKV: dict[str, str] = {
-    "gpt_bigcode": "attn.c_attn",
-    "falcon": "self_attention.query_key_value",
-    "bloom": "self_attention.query_key_value",
-    "mpt": "attn.Wqkv",
     "dbrx": "attn.Wqkv",
     "chatglm": "self_attention.query_key_value",
+}
+
+_NO_POSITION_IDS = (
+    "an ALiBi model whose forward takes no position_ids, which the runner passes for its "
+    "left-padded batches"
+)
+_INTERLEAVED_INSIDE = (
+    "rotary on interleaved pairs applied inside its attention, with no rotary module under "
+    "transformers 4.x (and sin before cos at half width under 5.x), so no layout can move its keys "
+    "on both library lines"
+)
+# Families refused for a reason of their own (named in the one-line refusal).
+_REFUSED: dict[str, str] = {
+    "falcon": (
+        "its fused QKV projection (self_attention.query_key_value) comes in three layouts "
+        "(multi-query, grouped new_decoder_architecture, per head) and its positions in two (rotary, "
+        "ALiBi): no layout adapter knows them yet"
+    ),
+    "bloom": f"{_NO_POSITION_IDS} (fused QKV self_attention.query_key_value)",
+    "mpt": f"{_NO_POSITION_IDS} (fused QKV attn.Wqkv)",
+    "gptj": _INTERLEAVED_INSIDE,
+    "codegen": f"{_INTERLEAVED_INSIDE} (and a fused QKV qkv_proj in mp_num shards)",
 }
 
 _LAYOUT_TEXT = (
@@ -235,6 +254,9 @@ def check_architecture(config: Any) -> None:
         return
     if not model_type:
         raise UnsupportedModelError(f"model config has no model_type; {_LAYOUT_TEXT}")
+    reason = _REFUSED.get(str(model_type))
+    if reason is not None:
+        raise UnsupportedModelError(f"model_type {model_type!r} is not supported: {reason}; {_LAYOUT_TEXT}")
     fused = _FUSED_QKV.get(str(model_type))
     if fused is not None:
         raise UnsupportedModelError(

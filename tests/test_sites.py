@@ -127,13 +127,14 @@ def test_sites_module_does_not_import_torch() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("name", ["mistral", "llama", "qwen2", "qwen3", "gemma", "gemma2"])
+@pytest.mark.parametrize("name", ["mistral", "llama", "qwen2", "qwen3", "gemma", "gemma2", "olmo2", "granite",
+                                  "mixtral", "qwen3_moe", "stablelm", "phi", "cohere", "cohere2", "opt"])
 def test_supported_configs_pass(name: str) -> None:
     check_architecture({"model_type": name})
     check_architecture(AutoConfig.for_model(name))
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "phi3"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "phi3", "gpt_bigcode"])
 def test_fused_families_with_an_adapter_pass(name: str) -> None:
     check_architecture({"model_type": name})
     check_architecture(AutoConfig.for_model(name))
@@ -144,7 +145,7 @@ def test_fused_families_with_an_adapter_pass(name: str) -> None:
     [
         ({"model_type": "falcon", "hidden_size": 4544}, "query_key_value"),
         ({"model_type": "bloom", "hidden_size": 1024}, "query_key_value"),
-        ({"model_type": "gpt_bigcode", "n_embd": 768}, "c_attn"),
+        ({"model_type": "dbrx", "d_model": 768}, "Wqkv"),
         ({"model_type": "mpt", "d_model": 768}, "Wqkv"),
     ],
 )
@@ -157,6 +158,17 @@ def test_other_fused_qkv_configs_are_refused_before_loading(config: dict, fused:
     assert repr(config["model_type"]) in message and "fused QKV" in message and fused in message
     assert "mistral" in message and "llama" in message and "qwen2" in message
     assert "gpt2, gpt_neox, phi3" in message
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("falcon", "comes in three layouts"), ("bloom", "forward takes no position_ids"),
+    ("mpt", "forward takes no position_ids"), ("gptj", "rotary on interleaved pairs applied inside"),
+    ("codegen", "rotary on interleaved pairs applied inside"),
+])
+def test_refused_families_name_what_is_missing_in_one_line(name: str, reason: str) -> None:
+    with pytest.raises(UnsupportedModelError) as err:
+        check_architecture({"model_type": name})
+    assert "\n" not in str(err.value) and reason in str(err.value) and repr(name) in str(err.value)
 
 
 def test_gpt2_with_cross_attention_is_refused() -> None:

@@ -229,13 +229,28 @@ FAMILY_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
+#: Families with absolute positions, in their own config vocabulary (no stray KV-head count).
+ABSOLUTE_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "opt": ("OPTConfig", "OPTForCausalLM",
+            dict(hidden_size=32, word_embed_proj_dim=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
+                 max_position_embeddings=128, init_std=0.1)),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM",
+                    dict(n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=128, multi_query=True)),
+}
+
+
 def family_builder(name: str) -> Any:
-    """The tiny builder of one family of :data:`FAMILY_CONFIGS` (same call as :func:`tiny_mistral`)."""
+    """The tiny builder of one family of :data:`FAMILY_CONFIGS` or :data:`ABSOLUTE_CONFIGS` (same call
+    as :func:`tiny_mistral`)."""
     import transformers
 
-    config_name, model_name, extra = FAMILY_CONFIGS[name]
+    absolute = name in ABSOLUTE_CONFIGS
+    config_name, model_name, extra = (ABSOLUTE_CONFIGS if absolute else FAMILY_CONFIGS)[name]
 
     def build(seed: int = 0, **overrides: Any) -> tuple[Any, Any]:
+        if absolute:
+            return _build(getattr(transformers, config_name), getattr(transformers, model_name), seed,
+                          _common=False, **{**_FUSED_COMMON, **extra, **overrides})
         return _build(getattr(transformers, config_name), getattr(transformers, model_name), seed,
                       **{**extra, **overrides})
 

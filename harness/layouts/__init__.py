@@ -1,18 +1,22 @@
 """Layout adapters: where each site lives in a loaded model, behind one interface.
 
 The rest of the harness talks to a :class:`Layout` only: ``n_layers``, ``map``,
-``resolve(site) -> ResolvedSite``, ``num_kv_heads``, ``head_dim``, ``positions``
-and ``rotary_emb`` (None where positions are absolute). A subclass names the
-modules of one family:
+``resolve(site) -> ResolvedSite``, ``num_kv_heads``, ``head_dim``, ``positions``,
+``rotary_emb`` and ``rope`` (None where positions are absolute; ``rope`` is the rotary
+per layer with its pair style, see :mod:`harness.rope`) and ``stack_module``. One module
+per family names its modules:
 
-====================  =====================================  ====================================
-family                v_proj site                            positions
-====================  =====================================  ====================================
-Llama family          ``self_attn.v_proj`` output            rotary, ``model.model.rotary_emb``
-GPT-2                 V third of ``attn.c_attn`` (Conv1D)    absolute (learned ``wpe``)
-GPT-NeoX / Pythia     V of each head in ``query_key_value``  rotary, partial (``rotary_pct``)
-Phi-3                 V part of ``self_attn.qkv_proj``       rotary (``partial_rotary_factor``)
-====================  =====================================  ====================================
+=========================  =====================================  ======================================
+module                     v_proj site                            positions
+=========================  =====================================  ======================================
+``llama`` (and relatives)  ``self_attn.v_proj`` output            rotary: half-split, interleaved
+                                                                  (Cohere), per layer type (Gemma 3)
+``gpt2``                   V third of ``attn.c_attn`` (Conv1D)    absolute (learned ``wpe``)
+``bigcode``                V part of ``attn.c_attn`` (MQA)        absolute (learned ``wpe``)
+``opt``                    ``self_attn.v_proj`` output            absolute (learned, offset 2)
+``neox``                   V of each head in ``query_key_value``  rotary, partial (``rotary_pct``)
+``phi``                    V part of ``self_attn.qkv_proj``       rotary (``partial_rotary_factor``)
+=========================  =====================================  ======================================
 
 On a fused projection the ``v_proj`` site is the value slice of the fused output
 (:class:`harness.sites.FusedPart`), laid out as an unfused ``v_proj`` output
@@ -26,9 +30,11 @@ from __future__ import annotations
 from typing import Any
 
 from harness.layouts.base import Layout
+from harness.layouts.bigcode import GPTBigCodeLayout
 from harness.layouts.gpt2 import GPT2Layout
 from harness.layouts.llama import Cohere2Layout, CohereLayout, LayerTypeRopeLayout, LlamaLayout, MixtralLayout, PhiLayout
 from harness.layouts.neox import GPTNeoXLayout
+from harness.layouts.opt import OPTLayout
 from harness.layouts.phi import Phi3Layout
 from harness.sites import SOURCE_DEPTH, _config_get, check_architecture
 
@@ -39,7 +45,7 @@ __all__ = ["Layout", "LlamaLayout", "GPT2Layout", "GPTNeoXLayout", "Phi3Layout",
 LAYOUTS: dict[str, type[Layout]] = {
     "gpt2": GPT2Layout, "gpt_neox": GPTNeoXLayout, "phi3": Phi3Layout, "phi": PhiLayout,
     "cohere": CohereLayout, "cohere2": Cohere2Layout, "gemma3_text": LayerTypeRopeLayout,
-    "olmo3": LayerTypeRopeLayout, "mixtral": MixtralLayout,
+    "olmo3": LayerTypeRopeLayout, "mixtral": MixtralLayout, "opt": OPTLayout, "gpt_bigcode": GPTBigCodeLayout,
 }
 
 

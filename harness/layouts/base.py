@@ -53,6 +53,7 @@ class Layout:
     output_proj = ""
     mlp = "mlp"
     rotary_style = "half"
+    stack = ""
 
     def __init__(self, model: Any, source_depth: int = SOURCE_DEPTH) -> None:
         self.model = model
@@ -103,6 +104,12 @@ class Layout:
     def rotary_emb(self) -> Any:
         """The rotary embedding, ``rotary_emb(x, position_ids) -> (cos, sin)``; None for absolute positions."""
         return get(self.model, self.rotary) if self.rotary else None
+
+    @property
+    def stack_module(self) -> Any:
+        """The decoder stack the causal LM calls with ids and cache, where it is not the base model
+        (``stack`` names it; None: the base model, see :class:`harness.patches.PositionTracker`)."""
+        return get(self.model, self.stack) if self.stack else None
 
     @property
     def rope(self) -> Any:
