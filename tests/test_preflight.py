@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 import transformers
+
+from harness.toy import TOY_MODEL_DIR
 
 pytest_plugins = ["pytester"]
 
