@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol as TypingProtocol
 
-from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
-from harness.metrics import METRICS
+from harness.errors import HarnessValueError, did_you_mean
+from harness.metrics import lookup_metric
 from harness.records import Intervention
 
 __all__ = ["Source", "Claim", "Efficiency", "Contrast", "RvDifference", "PrDifference", "GeometryShift",
@@ -64,9 +64,8 @@ class Context(TypingProtocol):
 
 
 def _check_metric(metric: str | None) -> None:
-    if metric is not None and metric not in METRICS:
-        raise HarnessLookupError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}."
-                                 + did_you_mean(metric, METRICS))
+    if metric is not None:
+        lookup_metric(metric)  # a one-line refusal naming the known metrics
 
 
 @dataclass(frozen=True)
@@ -282,9 +281,12 @@ class Claim:
         return f"{self.direction} {self.threshold:g}"
 
 
-def metric_for(claim: Claim, protocol: Any) -> str:
-    """The metric a claim is judged on under ``protocol``: the claim's own, else the protocol's."""
-    return getattr(claim.measure, "metric", None) or protocol.metric
+def metric_for(claim: Claim, protocol: Any, finding: Any = None) -> str:
+    """The metric a claim is judged on under ``protocol``: the claim's own, else the protocol's
+    fixed one, else the one its finding names for the protocol (default: the generic finding's)."""
+    if finding is None:
+        from harness.finding import GENERIC as finding
+    return getattr(claim.measure, "metric", None) or protocol.metric or finding.metric_for(protocol.name)
 
 
 def describe_settings(settings: Mapping[str, Any]) -> str:

@@ -48,8 +48,9 @@ class Protocol:
     decode_source: str = "last"
     greedy: bool = False
     stop_at_eos: bool = True
-    #: The per-sample metric the protocol's verdicts are judged on (claims may name another).
-    metric: str = "marker_rate"
+    #: A metric the protocol's verdicts are judged on whatever the finding says; None (the
+    #: built-in protocols): the finding's choice for this protocol (:class:`harness.finding.Finding`).
+    metric: str | None = None
     #: The alignment used instead of ``align`` on a model with absolute positions (GPT-2's
     #: learned position embeddings), whose keys carry no rotation to move; None: ``align``.
     align_absolute_positions: str | None = None
@@ -60,7 +61,7 @@ class Protocol:
 
 ORIGINAL = Protocol(
     "original", align="right", refeed_last=True, patch_mode="original",
-    patch_phases=("decode",), reference_top_k=50, metric="marker_score",
+    patch_phases=("decode",), reference_top_k=50,
 )
 CORRECTED = Protocol(
     "corrected", align="right-rerotated", refeed_last=False, patch_mode="corrected",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from tiny import KV_ONLY, L27_V, WRONG_LAYER_V
+from tiny import KV_ONLY, L27_V, WRONG_LAYER_V, claims_finding
 
 from harness.claims import Claim, Contrast, Efficiency, RvDifference, Source
 from harness.evaluate import Evaluator
@@ -20,7 +20,7 @@ RESID = Intervention("resid_pre@18", patches=("resid_pre@18",))
 
 @pytest.fixture(scope="module")
 def evaluator():
-    return Evaluator(Runner(load_subject()))
+    return Evaluator(Runner(load_subject()), finding=claims_finding().FINDING)
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,8 @@ class ClaimRow:
     outcome: str = ""
     model: str = ""
     settings: str = ""
+    #: The finding the claim belongs to (its folder's ``FINDING``; "generic" for none).
+    finding: str = ""
     kv_layers: str = ""
     sites: str = ""
     calls_prefill: int = 0
