@@ -231,7 +231,7 @@ class Evaluator:
             mde=min_detectable_effect(values, level), flags=decision.flags, statement=claim.statement,
             source_file=claim.source.file, source_quote=claim.source.quote,
             guards=tuple(f"{'ok' if g.ok else 'FAILED'} {g.name}: {g.message}" for g in guards),
-            notes=tuple(cell.notes),
+            notes=tuple(cell.notes), finding=self.finding.name,
         )
         if isinstance(measure, (Efficiency, Contrast)):
             row.update(self._alt(claim, cell, level, guards))
@@ -324,7 +324,7 @@ class Evaluator:
             for seed, tokens, text, metrics in zip(res.seeds, res.tokens, res.texts,
                                                    self.metrics(res, by_id[res.pair_id].champion)):
                 rows.append(SampleRow(protocol=res.protocol, pair=res.pair_id, arm=res.arm, seed=seed,
-                                      n_tokens=len(tokens), text=text, metrics=metrics))
+                                      n_tokens=len(tokens), text=text, metrics=metrics, finding=self.finding.name))
         return rows
 
 

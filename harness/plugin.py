@@ -264,6 +264,7 @@ class HarnessSession:
         import torch
         import transformers
 
+        from harness.finding import GENERIC
         from harness.records import PROTOCOLS
 
         o = self.options
@@ -278,7 +279,11 @@ class HarnessSession:
             "prompts": str(_shown_path(str(self.bank(finding))) if self.bank(finding) else "bundled toy bank"),
             "profile": o.profile, "settings": self.settings(finding), "family_size": self.finding_family(finding),
             "finding": (finding.name if finding else "generic"),
-            "protocols": {name: dataclasses.asdict(self.protocol(name)) for name in PROTOCOLS},
+            "protocols": {name: {**dataclasses.asdict(self.protocol(name)),
+                                 "metric": self.protocol(name).metric or (finding or GENERIC).metric_for(name)}
+                          for name in PROTOCOLS},
+            "metrics": [{"name": m.name, "floor": m.floor, "description": m.description}
+                        for m in (finding or GENERIC).metric_table().values()],
         }
 
     # -- hooks (the session object is registered as a plugin) -----------------------
@@ -431,7 +436,7 @@ def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject:
         entry = ledger.lookup(subject.identity, settings, row.claim, row.protocol)
         outcome = judge(row.verdict, entry)
         row = dataclasses.replace(row, model=subject.identity, settings=settings, outcome=outcome.kind,
-                                  expected=entry.verdict if entry else "supported", finding=finding.name)
+                                  expected=entry.verdict if entry else "supported")
         payload = {"claim": row.to_json(), "samples": [s.to_json() for s in evaluation.samples],
                    "provenance": session.provenance(subject, finding),
                    "ledger_covers": ledger.covers(subject.identity, settings),

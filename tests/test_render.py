@@ -301,3 +301,13 @@ def test_importing_the_report_package_loads_no_plotting_library() -> None:
     code = "import sys, harness.report; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'tabulate', 'torch'))))"
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_the_metrics_a_run_recorded_are_the_ones_explained():
+    """A finding's own metrics are not importable at render time: the run's provenance
+    carries them, and the explanation lists those (else the generic registry's)."""
+    from harness.report.explain import metric_lines
+
+    recorded = {"metrics": [{"name": "my_rate", "floor": 0.05, "description": "my words per word"}]}
+    assert metric_lines(recorded) == ["- `my_rate` (floor 0.05): my words per word"]
+    assert any(line.startswith("- `distinct_2` (floor") for line in metric_lines({}))
