@@ -314,7 +314,8 @@ class Evaluator:
                 sums[f"changed_{c.phase}"] += c.changed
         n_layers = self.runner.layout.n_layers
         kv = arm.mapped_kv_layers(n_layers)
-        sites = ";".join(f"{s}->L{self.runner.layout.map(int(s.split('@')[1]))}" for s in arm.patches)
+        named = [*arm.patches, *(f"{kind}:{site}" for kind, site in arm.edits)]
+        sites = ";".join(f"{s}->L{self.runner.layout.map(int(s.split('@')[1]))}" for s in named)
         return dict(sums, kv_layers=_layers_text(kv, n_layers), sites=sites)
 
     def _samples(self, cell: _Cell) -> list[SampleRow]:
