@@ -98,3 +98,21 @@ def test_a_finding_refuses_arms_that_are_not_interventions_and_a_missing_bank(tm
     assert finding.bank_path == tmp_path / "bank.jsonl" and finding.ledger_path == tmp_path / "ledger.toml"
     with pytest.raises(HarnessValueError, match="bank.jsonl' is not a file"):
         finding.check_bank()
+
+
+def test_the_steering_findings_family_is_its_number_of_claim_cells():
+    """findings/steering declares its own family size; a claim added there without updating it
+    would make its intervals too narrow."""
+    import subprocess
+    import sys
+
+    root = HARNESS.parent
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          "findings/steering"], capture_output=True, text=True, cwd=root)
+    cells = [line for line in out.stdout.splitlines() if "::" in line]
+    sys.path.insert(0, str(root / "findings" / "steering"))
+    try:
+        import steering
+    finally:
+        sys.path.pop(0)
+    assert cells and len(cells) == steering.FINDING.family_size, out.stdout[-500:]
