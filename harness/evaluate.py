@@ -29,6 +29,7 @@ from harness.claims import (
     Contrast,
     Efficiency,
     GeometryShift,
+    Interaction,
     MinimalKvSet,
     PrDifference,
     RvDifference,
@@ -217,7 +218,7 @@ class Evaluator:
         interval = mean_interval(values, level)
         decision = decide(interval, _threshold(claim), claim.direction, guards)
         measure = claim.measure
-        text_metric = isinstance(measure, (Efficiency, Contrast, MinimalKvSet))
+        text_metric = isinstance(measure, (Efficiency, Contrast, Interaction, MinimalKvSet))
         row = dict(
             claim=claim.id, protocol=ANY_PROTOCOL if claim.protocol_independent else protocol.name,
             verdict=str(decision.verdict), reason=decision.reason, measure=measure.describe(metric),
@@ -233,7 +234,7 @@ class Evaluator:
             guards=tuple(f"{'ok' if g.ok else 'FAILED'} {g.name}: {g.message}" for g in guards),
             notes=tuple(cell.notes), finding=self.finding.name,
         )
-        if isinstance(measure, (Efficiency, Contrast)):
+        if isinstance(measure, (Efficiency, Contrast, Interaction)):
             row.update(self._alt(claim, cell, level, guards))
             decisive = {"supported", "refuted"}
             row["metrics_agree"] = not (row["verdict"] in decisive and row["alt_verdict"] in decisive

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from tiny import KV_ONLY, L27_V, claims_finding
 
-from harness.claims import Claim, Contrast, Efficiency, RvDifference, Source, metric_for
+from harness.claims import Claim, Contrast, Efficiency, Interaction, RvDifference, Source, metric_for
 from harness.errors import HarnessLookupError, HarnessValueError
 from harness.finding import Finding
+from harness.records import Intervention
 from harness.records import CORRECTED, ORIGINAL
 
 SOURCE = Source("test", "quote")
@@ -48,7 +49,7 @@ def test_an_upper_bound_belongs_to_within_claims_only():
 
 
 def test_a_measure_must_be_one_of_the_measure_types():
-    with pytest.raises(HarnessValueError, match="expected one of Efficiency, Contrast, RvDifference"):
+    with pytest.raises(HarnessValueError, match="expected one of Efficiency, Contrast, Interaction, RvDifference"):
         Claim("x", "s", SOURCE, KV_ONLY, threshold=0.2, direction="below")
 
 
@@ -69,3 +70,12 @@ def test_arms_and_protocol_independence_follow_the_measure():
     assert contrast.arms == (L27_V, KV_ONLY) and not contrast.protocol_independent
     geometry = Claim("g", "s", SOURCE, RvDifference(), threshold=0.0, direction="below")
     assert geometry.arms == () and geometry.protocol_independent
+
+
+def test_an_interaction_needs_four_different_arms():
+    from tiny import NOTHING
+
+    with pytest.raises(HarnessValueError, match="four different arms"):
+        Interaction(L27_V, KV_ONLY, KV_ONLY, NOTHING)
+    design = Interaction(L27_V, KV_ONLY, Intervention("v", patches=("v_proj@27",)), NOTHING)
+    assert design.arms[0] == L27_V and len(design.arms) == 4 and not design.protocol_independent
