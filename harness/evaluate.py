@@ -42,7 +42,7 @@ from harness.finding import GENERIC, MODEL_METRIC, Finding
 from harness.metrics import Metric, efficiency, r_v, sample_metrics
 from harness.records import ArmResult, Intervention, Protocol
 from harness.report.schema import ClaimRow, SampleRow
-from harness.sites import Site
+from harness.sites import Site, parse_site
 from harness.guards import GuardResult, guard_arms_differ, guard_gap_floor, guard_patch_changed
 from harness.stats import decide, family_level, mean_interval, min_detectable_effect
 
@@ -316,7 +316,7 @@ class Evaluator:
         n_layers = self.runner.layout.n_layers
         kv = arm.mapped_kv_layers(n_layers)
         named = [*arm.patches, *(f"{kind}:{site}" for kind, site in arm.edits)]
-        sites = ";".join(f"{s}->L{self.runner.layout.map(int(s.split('@')[1]))}" for s in named)
+        sites = ";".join(f"{s}->L{self.runner.layout.map(parse_site(s.split(':')[-1]).layer)}" for s in named)
         return dict(sums, kv_layers=_layers_text(kv, n_layers), sites=sites)
 
     def _samples(self, cell: _Cell) -> list[SampleRow]:
