@@ -55,6 +55,9 @@ def test_the_readme_finding_runs_with_its_own_metric_and_ledger(pytester, tmp_pa
     rows = {(r["finding"], r["claim"], r["protocol"]): r for r in _rows(report)}
     assert set(rows) == {("my-finding", "l20-mlp-full-kv", "corrected")} | {
         ("generic", "kv-only-transfers", p) for p in ("original", "corrected")}, result.stdout.str()[-2000:]
+    # The closing lines state each finding's family and level.
+    result.stdout.fnmatch_lines(["generic: intervals: * (family of 2 cells, 5% family-wise)",
+                                 "my-finding: intervals: * (family of 1 cells, 5% family-wise)"])
     for (finding, _, _), row in rows.items():
         # Each folder's claims are judged on its finding's metric; the family is per finding.
         assert row["metric"] == ("champion_word_share" if finding == "my-finding" else "champion_logprob")
