@@ -7,6 +7,8 @@ class here:
 
 - :class:`Efficiency`: an arm's transfer efficiency, (arm - baseline) / (champion - baseline);
 - :class:`Contrast`: the difference of two arms' efficiencies, paired per pair;
+- :class:`Interaction`: the 2x2 factorial interaction of two factors, (both - first) -
+  (second - neither) on efficiencies, per pair;
 - :class:`RvDifference`: R_V(champion prompt) - R_V(baseline prompt) on the prompt
   pass, which no protocol choice affects (it runs once, as protocol ``any``);
 - :class:`PrDifference`: PR(V at a layer) of the champion prompt minus the baseline's
@@ -26,11 +28,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol as TypingProtocol
 
-from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
-from harness.metrics import METRICS
+from harness.errors import HarnessValueError, did_you_mean
+from harness.metrics import lookup_metric
 from harness.records import Intervention
 
-__all__ = ["Source", "Claim", "Efficiency", "Contrast", "RvDifference", "PrDifference", "GeometryShift",
+__all__ = ["Source", "Claim", "Efficiency", "Contrast", "Interaction", "RvDifference", "PrDifference", "GeometryShift",
            "MinimalKvSet", "DIRECTIONS", "RULE_VERSION", "ANY_PROTOCOL"]
 
 #: The verdict rule's version: recorded with every ledger entry, bumped whenever a change
@@ -64,9 +66,8 @@ class Context(TypingProtocol):
 
 
 def _check_metric(metric: str | None) -> None:
-    if metric is not None and metric not in METRICS:
-        raise HarnessLookupError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}."
-                                 + did_you_mean(metric, METRICS))
+    if metric is not None:
+        lookup_metric(metric)  # a one-line refusal naming the known metrics
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,44 @@ class Contrast:
     def per_pair(self, ctx: Context, metric: str) -> dict[str, float]:
         a, b = ctx.efficiencies(self.arm, metric), ctx.efficiencies(self.versus, metric)
         return {p: a[p] - b[p] for p in a if p in b and not (math.isnan(a[p]) or math.isnan(b[p]))}
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """The interaction of two factors in a 2x2 factorial, per pair, on efficiencies:
+    (``both`` - ``first``) - (``second`` - ``neither``): how much more the second factor adds
+    on top of the first than on its own. E.g. KV x V_PROJ: both = KV + V patch, first = KV
+    alone, second = V patch alone, neither = no intervention. 0: the factors add up."""
+
+    both: Intervention
+    first: Intervention
+    second: Intervention
+    neither: Intervention
+    metric: str | None = None
+
+    protocol_independent = False
+
+    def __post_init__(self) -> None:
+        _check_metric(self.metric)
+        if len({self.both, self.first, self.second, self.neither}) != 4:
+            raise HarnessValueError("Interaction: the four cells of the 2x2 design must be four different arms")
+
+    @property
+    def arms(self) -> tuple[Intervention, ...]:
+        return (self.both, self.first, self.second, self.neither)
+
+    def describe(self, metric: str) -> str:
+        return (f"interaction on {metric}: (efficiency of {self.both.name} - of {self.first.name}) - "
+                f"(of {self.second.name} - of {self.neither.name})")
+
+    def per_pair(self, ctx: Context, metric: str) -> dict[str, float]:
+        b, f, s, n = (ctx.efficiencies(arm, metric) for arm in self.arms)
+        out = {}
+        for p in b:
+            values = [d.get(p, math.nan) for d in (b, f, s, n)]
+            if not any(math.isnan(v) for v in values):
+                out[p] = (values[0] - values[1]) - (values[2] - values[3])
+        return out
 
 
 class _PromptPass:
@@ -226,8 +265,8 @@ class MinimalKvSet:
         return ctx.minimal_kv_set(self.share, self.block, metric)
 
 
-Measure = Efficiency | Contrast | RvDifference | PrDifference | GeometryShift | MinimalKvSet
-_MEASURES = (Efficiency, Contrast, RvDifference, PrDifference, GeometryShift, MinimalKvSet)
+Measure = Efficiency | Contrast | Interaction | RvDifference | PrDifference | GeometryShift | MinimalKvSet
+_MEASURES = (Efficiency, Contrast, Interaction, RvDifference, PrDifference, GeometryShift, MinimalKvSet)
 
 
 @dataclass(frozen=True)
@@ -282,9 +321,12 @@ class Claim:
         return f"{self.direction} {self.threshold:g}"
 
 
-def metric_for(claim: Claim, protocol: Any) -> str:
-    """The metric a claim is judged on under ``protocol``: the claim's own, else the protocol's."""
-    return getattr(claim.measure, "metric", None) or protocol.metric
+def metric_for(claim: Claim, protocol: Any, finding: Any = None) -> str:
+    """The metric a claim is judged on under ``protocol``: the claim's own, else the protocol's
+    fixed one, else the one its finding names for the protocol (default: the generic finding's)."""
+    if finding is None:
+        from harness.finding import GENERIC as finding
+    return getattr(claim.measure, "metric", None) or protocol.metric or finding.metric_for(protocol.name)
 
 
 def describe_settings(settings: Mapping[str, Any]) -> str:

@@ -312,14 +312,19 @@ class Collector:
         if rows:
             terminalreporter.section("claims")
             terminalreporter.write_line(_table(rows))
-            first = rows[0]
-            terminalreporter.write_line(
-                f"intervals: {first.interval_method} at {100 * first.level:.4g}% per cell (family of "
-                f"{first.family_size} cells, 5% family-wise)")
+            # One family, level and ledger key per finding: a run of several shows each.
+            firsts = {r.finding: r for r in reversed(rows)}
+            for name, first in sorted(firsts.items()):
+                label = f"{name}: " if len(firsts) > 1 else ""
+                terminalreporter.write_line(
+                    f"{label}intervals: {first.interval_method} at {100 * first.level:.4g}% per cell (family of "
+                    f"{first.family_size} cells, 5% family-wise)")
             if self.ledger_covers is False:
+                settings = "; ".join(f"{n + ': ' if len(firsts) > 1 else ''}{f.settings}"
+                                     for n, f in sorted(firsts.items()))
                 judged = ("judged on the verdicts alone (--ledger-strict)" if self.options.ledger_strict
                           else "verdicts reported, not judged")
-                terminalreporter.write_line(f"ledger: no entries for these settings ({first.settings}); {judged}")
+                terminalreporter.write_line(f"ledger: no entries for these settings ({settings}); {judged}")
         if self.writer is not None:
             state = "" if self.writer.completed else " (INCOMPLETE)"
             if self.write_error:

@@ -29,6 +29,7 @@ from harness.claims import (
     Contrast,
     Efficiency,
     GeometryShift,
+    Interaction,
     MinimalKvSet,
     PrDifference,
     RvDifference,
@@ -37,17 +38,18 @@ from harness.claims import (
 from harness.geometry import Geometry
 from harness.errors import HarnessValueError
 from harness.guards import guard_degeneration, guard_echo, mean
-from harness.metrics import METRICS, efficiency, r_v, sample_metrics
+from harness.finding import GENERIC, MODEL_METRIC, Finding
+from harness.metrics import Metric, efficiency, r_v, sample_metrics
 from harness.records import ArmResult, Intervention, Protocol
 from harness.report.schema import ClaimRow, SampleRow
-from harness.sites import Site
+from harness.sites import Site, parse_site
 from harness.guards import GuardResult, guard_arms_differ, guard_gap_floor, guard_patch_changed
 from harness.stats import decide, family_level, mean_interval, min_detectable_effect
 
 __all__ = ["Evaluation", "Evaluator", "MODEL_METRIC"]
 
-#: The model-based metric every efficiency claim is also measured on, beside its text metric.
-MODEL_METRIC = "champion_logprob"
+# MODEL_METRIC (from harness.finding): the model-based metric every efficiency claim is also
+# measured on, beside the metric it is judged on.
 #: Smallest |R_V(champion) - R_V(baseline)| for which a geometry shift is defined.
 GEOMETRY_FLOOR = 0.05
 REFERENCE_ARMS = ("baseline", "champion")
@@ -81,7 +83,7 @@ class _Cell:
 
     def metric_by_pair(self, arm: str | Intervention, metric: str) -> dict[str, float]:
         """The metric per pair: the mean over seeds, or the teacher-forced score."""
-        if METRICS[metric].per_sample is None:
+        if self.ev.metric(metric).per_sample is None:
             return dict(zip((p.id for p in self.pairs), self.ev.runner.scores(self.pairs, arm, self.protocol)))
         by_id = {p.id: p for p in self.pairs}
         return {pid: mean(m.get(metric) for m in self.ev.metrics(res, by_id[pid].champion))
@@ -90,7 +92,7 @@ class _Cell:
     def efficiencies(self, arm: Intervention, metric: str) -> dict[str, float]:
         base, champ = self.metric_by_pair("baseline", metric), self.metric_by_pair("champion", metric)
         value = self.metric_by_pair(arm, metric)
-        floor = METRICS[metric].floor
+        floor = self.ev.metric(metric).floor
         return {pid: efficiency(value[pid], base[pid], champ[pid], floor) for pid in value}
 
     def gaps(self, metric: str) -> dict[str, float]:
@@ -172,9 +174,12 @@ class _Cell:
 class Evaluator:
     """Evaluates claims on one runner; memoises each sample's metrics."""
 
-    def __init__(self, runner: Any, alpha: float = 0.05) -> None:
+    def __init__(self, runner: Any, alpha: float = 0.05, finding: Finding = GENERIC) -> None:
         self.runner = runner
         self.alpha = alpha
+        #: The finding whose metrics the samples get and whose choice of metric claims are judged on.
+        self.finding = finding
+        self.table: dict[str, Metric] = finding.metric_table()
         self.geometry = Geometry(runner)
         self._metrics: dict[tuple, tuple[dict[str, float | None], ...]] = {}
         self._rv: dict[tuple, float] = {}
@@ -187,10 +192,17 @@ class Evaluator:
             self._rv[k] = v
         return [self._rv[k] for k in keys]
 
+    def metric(self, name: str) -> Metric:
+        """The metric called ``name`` in this finding's table; a one-line refusal otherwise."""
+        if name not in self.table:
+            raise HarnessValueError(f"metric {name!r} is not a metric of finding {self.finding.name!r}; expected "
+                                    f"one of {', '.join(self.table)} (declare it in the finding's metrics)")
+        return self.table[name]
+
     def metrics(self, res: ArmResult, champion_prompt: str) -> tuple[dict[str, float | None], ...]:
         key = (res.pair_id, res.arm, res.protocol, res.seeds, res.tokens)
         if key not in self._metrics:
-            self._metrics[key] = tuple(sample_metrics(t, champion_prompt) for t in res.texts)
+            self._metrics[key] = tuple(sample_metrics(t, champion_prompt, self.table) for t in res.texts)
         return self._metrics[key]
 
     def evaluate(self, claim: Claim, pairs: Sequence[Any], protocol: Protocol, *, n_seeds: int,
@@ -202,13 +214,14 @@ class Evaluator:
             raise HarnessValueError(f"family size {family_size}; expected at least 1 claim cell")
         cell = _Cell(self, pairs, protocol, n_seeds)
         level = family_level(family_size, self.alpha)
-        metric = metric_for(claim, protocol)
+        metric = metric_for(claim, protocol, self.finding)
+        self.metric(metric)
         values = claim.measure.per_pair(cell, metric)
         guards = self._guards(claim, cell, metric)
         interval = mean_interval(values, level)
         decision = decide(interval, _threshold(claim), claim.direction, guards)
         measure = claim.measure
-        text_metric = isinstance(measure, (Efficiency, Contrast, MinimalKvSet))
+        text_metric = isinstance(measure, (Efficiency, Contrast, Interaction, MinimalKvSet))
         row = dict(
             claim=claim.id, protocol=ANY_PROTOCOL if claim.protocol_independent else protocol.name,
             verdict=str(decision.verdict), reason=decision.reason, measure=measure.describe(metric),
@@ -222,9 +235,9 @@ class Evaluator:
             mde=min_detectable_effect(values, level), flags=decision.flags, statement=claim.statement,
             source_file=claim.source.file, source_quote=claim.source.quote,
             guards=tuple(f"{'ok' if g.ok else 'FAILED'} {g.name}: {g.message}" for g in guards),
-            notes=tuple(cell.notes),
+            notes=tuple(cell.notes), finding=self.finding.name,
         )
-        if isinstance(measure, (Efficiency, Contrast)):
+        if isinstance(measure, (Efficiency, Contrast, Interaction)):
             row.update(self._alt(claim, cell, level, guards))
             decisive = {"supported", "refuted"}
             row["metrics_agree"] = not (row["verdict"] in decisive and row["alt_verdict"] in decisive
@@ -255,7 +268,7 @@ class Evaluator:
             gaps = {pid: abs(g) for pid, g in cell.rv_gaps.items()}
             guards = [guard_gap_floor(gaps, GEOMETRY_FLOOR)]
         else:
-            guards = [guard_gap_floor(cell.gaps(metric), METRICS[metric].floor)]
+            guards = [guard_gap_floor(cell.gaps(metric), self.metric(metric).floor)]
         if isinstance(claim.measure, MinimalKvSet):
             return guards
         d2 = {a: cell.pooled(a, "distinct_2") for a in REFERENCE_ARMS}
@@ -290,7 +303,7 @@ class Evaluator:
         values = claim.measure.per_pair(cell, MODEL_METRIC)
         interval = mean_interval(values, level)
         machine = [g for g in guards if not g.name.startswith(("degeneration", "echo", "gap_floor"))]
-        machine.append(guard_gap_floor(cell.gaps(MODEL_METRIC), METRICS[MODEL_METRIC].floor))
+        machine.append(guard_gap_floor(cell.gaps(MODEL_METRIC), self.metric(MODEL_METRIC).floor))
         alt = decide(interval, _threshold(claim), claim.direction, machine)
         return dict(alt_metric=MODEL_METRIC, alt_estimate=interval.estimate, alt_low=interval.low,
                     alt_high=interval.high, alt_verdict=str(alt.verdict))
@@ -305,7 +318,8 @@ class Evaluator:
                 sums[f"changed_{c.phase}"] += c.changed
         n_layers = self.runner.layout.n_layers
         kv = arm.mapped_kv_layers(n_layers)
-        sites = ";".join(f"{s}->L{self.runner.layout.map(int(s.split('@')[1]))}" for s in arm.patches)
+        named = [*arm.patches, *(f"{kind}:{site}" for kind, site in arm.edits)]
+        sites = ";".join(f"{s}->L{self.runner.layout.map(parse_site(s.split(':')[-1]).layer)}" for s in named)
         return dict(sums, kv_layers=_layers_text(kv, n_layers), sites=sites)
 
     def _samples(self, cell: _Cell) -> list[SampleRow]:
@@ -315,7 +329,7 @@ class Evaluator:
             for seed, tokens, text, metrics in zip(res.seeds, res.tokens, res.texts,
                                                    self.metrics(res, by_id[res.pair_id].champion)):
                 rows.append(SampleRow(protocol=res.protocol, pair=res.pair_id, arm=res.arm, seed=seed,
-                                      n_tokens=len(tokens), text=text, metrics=metrics))
+                                      n_tokens=len(tokens), text=text, metrics=metrics, finding=self.finding.name))
         return rows
 
 

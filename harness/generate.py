@@ -55,6 +55,7 @@ from transformers import StoppingCriteriaList
 
 from harness import progress
 from harness.compat import STATIC_GENERATE_KWARGS, static_cache
+from harness.edits import EditGroup, EditSpec, edit_specs, edit_vector, install_edits
 from harness.errors import HarnessLookupError, HarnessValueError
 from harness.kv import cache_kwarg, check_rope_switch, prefill, splice, stack_left_padded, unpad
 from harness.model import input_device
@@ -117,7 +118,7 @@ class Runner(PromptData, Scoring):
         Under the corrected protocol, ``no intervention`` (no splice, no patch) is the same
         computation as the baseline arm: it is run once, and reported as the same rows.
         """
-        if isinstance(arm, Intervention) and not arm.kv_layers and not arm.patches and not protocol.refeed_last:
+        if isinstance(arm, Intervention) and arm.does_nothing and not protocol.refeed_last:
             base = self.run_many(pairs, "baseline", protocol, seeds)
             return [dataclasses.replace(r, arm=arm.name, same_as="baseline") for r in base]
         keys = {}
@@ -166,7 +167,8 @@ class Runner(PromptData, Scoring):
             texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
             self._runs[keys[p.pair.id]] = ArmResult(
                 p.pair.id, name, protocol.name, p.seeds, tuple(tuple(r) for r in rows), texts,
-                patch_counts=counts, kv_layers=kv_layers, declared_phases=protocol.patch_phases if specs else ())
+                patch_counts=counts, kv_layers=kv_layers,
+                declared_phases=protocol.patch_phases if specs or edit_specs(arm, protocol.patch_phases) else ())
 
     def alignment(self, protocol: Protocol) -> str:
         """The splice alignment ``protocol`` uses on this subject: ``align``, or
@@ -203,6 +205,8 @@ class Runner(PromptData, Scoring):
         if protocol.refeed_last:  # the original prefills whole baselines before its hooks exist
             self.caches([p.baseline for p in pairs])
         specs = self._specs(arm, protocol)
+        for spec in edit_specs(arm, protocol.patch_phases):  # steering vectors and means: one pass per site
+            self.activations([t for p in pairs for t in (p.champion, p.baseline)], spec.site)
         aligned: list[Any] = [None] * len(pairs)
         if protocol.decode_source == "aligned" and protocol.patch_mode == "corrected" and specs:
             aligned = self._aligned_acts(pairs, specs, protocol, seeds, None)
@@ -226,8 +230,12 @@ class Runner(PromptData, Scoring):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         groups = {spec: [RowGroup(slice(i, i + 1), pads[i], prefixes[i].shape[1] + 1, *src[spec])
                          for i, src in enumerate(sources)] for spec in specs}
-        with install(self.model, self.layout, specs, groups) as handles:
+        edits = {spec: [EditGroup(slice(i, i + 1), pads[i], prefixes[i].shape[1] + 1, src[spec][0])
+                        for i, src in enumerate(sources)] for spec in edit_specs(arm, protocol.patch_phases)}
+        with install(self.model, self.layout, specs, groups) as patched, \
+                install_edits(self.model, self.layout, edits) as edited:
             batch = prefill(self.model, ids, attention_mask=mask, position_ids=positions)[1]
+        handles = [*patched, *edited]
         out = []
         for i, pair in enumerate(pairs):
             counts = tuple(c for h in handles for c in h.group_counts(i) if c.phase == "prefill")
@@ -288,6 +296,8 @@ class Runner(PromptData, Scoring):
                    pads: Sequence[int]) -> Iterator[list[Any]]:
         """Each pair's patches on its own rows of the batch, for the decoding call."""
         groups: dict[PatchSpec, list[RowGroup]] = {s: [] for s in specs}
+        # Edits act whatever the protocol's patch mode: their vectors travel with the pair.
+        edits: dict[EditSpec, list[EditGroup]] = {s: [] for s in prepared[0].sources if isinstance(s, EditSpec)}
         offset = 0
         for p, pad in zip(prepared, pads):
             rows = slice(offset, offset + len(p.seeds))
@@ -295,8 +305,11 @@ class Runner(PromptData, Scoring):
             for spec in specs:
                 source, n = p.sources[spec]
                 groups[spec].append(RowGroup(rows, pad, p.prompt_len, source, n))
-        with install(self.model, self.layout, specs, groups) as handles:
-            yield handles
+            for spec in edits:
+                edits[spec].append(EditGroup(rows, pad, p.prompt_len, p.sources[spec][0]))
+        with install(self.model, self.layout, specs, groups) as handles, \
+                install_edits(self.model, self.layout, edits) as edited:
+            yield [*handles, *edited]
 
     def _generate(self, input_ids: torch.Tensor, mask: torch.Tensor, snap: Any, protocol: Protocol,
                   seeds: tuple[int, ...], top_k: int | None) -> torch.Tensor:
@@ -358,6 +371,8 @@ class Runner(PromptData, Scoring):
             if intervention.source == "random":
                 act = norm_matched_random(act, seed=1000 + i)
             sources[spec] = (act, ids_c.shape[1])
+        for edit in edit_specs(intervention, protocol.patch_phases):  # one vector per pair, or None
+            sources[edit] = (edit_vector(self, pair, edit.kind, edit.site), 0)
         return sources
 
     def _aligned_acts(self, pairs: Sequence[Any], specs: list[PatchSpec], protocol: Protocol,

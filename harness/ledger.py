@@ -157,8 +157,11 @@ def _report_path(report_dir: Path) -> str:
         return str(target)
 
 
-def update(report_dir: Path, ledger_path: Path) -> tuple[int, int]:
+def update(report_dir: Path, ledger_path: Path, finding: str | None = None) -> tuple[int, int]:
     """Record a run's verdicts; return (entries written, entries of other settings left alone).
+
+    A ledger belongs to one finding: a run of several findings records one at a time
+    (``finding``: its name, as the rows' ``finding`` column gives it).
 
     Entries of other settings that point at this run's report are dropped: the folder
     now holds another measurement, so they have no evidence left.
@@ -175,11 +178,19 @@ def update(report_dir: Path, ledger_path: Path) -> tuple[int, int]:
         raise HarnessValueError(f"{report_dir}: no claim rows")
     if not run.complete:
         raise HarnessValueError(f"{report_dir}: the run is incomplete; record verdicts from a finished run")
-    keys = {(r.model, r.settings) for r in run.claims}
+    claims = [r for r in run.claims if finding is None or r.finding == finding]
+    names = sorted({r.finding for r in run.claims})
+    if not claims:
+        raise HarnessValueError(f"{report_dir}: --finding {finding!r}: no rows of it; the run has "
+                                f"{', '.join(map(repr, names))}")
+    if len({r.finding for r in claims}) > 1:
+        raise HarnessValueError(f"{report_dir}: rows of several findings ({', '.join(names)}); a ledger is one "
+                                "finding's: pass --finding NAME and that finding's --ledger")
+    keys = {(r.model, r.settings) for r in claims}
     if len(keys) != 1 or not all(keys.pop()):
         raise HarnessValueError(f"{report_dir}: rows from several models or settings, or without them")
     report = _report_path(report_dir)
-    entries = [Entry(r.model, r.settings, r.claim, r.protocol, r.verdict, r.reason, report) for r in run.claims]
+    entries = [Entry(r.model, r.settings, r.claim, r.protocol, r.verdict, r.reason, report) for r in claims]
     ledger = Ledger.load(ledger_path)
     model, settings = entries[0].model, entries[0].settings
     # An entry of other settings whose report this run has just replaced lost its evidence.
@@ -203,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                                     "and settings are replaced; entries measured with other settings stay.")
     up.add_argument("report_dir", type=Path, metavar="REPORT_DIR")
     up.add_argument("--ledger", type=Path, default=DEFAULT_LEDGER)
+    up.add_argument("--finding", default=None, metavar="NAME",
+                    help="record only this finding's rows (needed when the run holds several findings)")
     args = parser.parse_args(argv)
-    written, others = update(args.report_dir, args.ledger)
+    written, others = update(args.report_dir, args.ledger, args.finding)
     print(f"{args.ledger}: {written} verdicts from {_report_path(args.report_dir)}; "
           f"{others} entries of other settings left as they were")
     return 0

@@ -1,29 +1,32 @@
-"""Behaviour metrics, transfer efficiency and R_V.
+"""Generic behaviour metrics, transfer efficiency and R_V; the registry findings add to.
 
 Everything here is a pure function of text, numbers or one activation matrix. Text
 metrics split words on whitespace (``str.split()``), as the original protocol did.
 Torch is imported lazily, only when a tensor is passed to the matrix functions.
+
+The engine knows no finding: a finding's own metrics (a word list, a classifier) are
+declared by its :class:`harness.finding.Finding` and registered here by name, so a
+claim can name them (:func:`register_metrics`, :func:`lookup_metric`).
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from harness.errors import HarnessValueError
+from harness.errors import HarnessLookupError, HarnessValueError, did_you_mean
 
 __all__ = [
     "Metric",
     "METRICS",
     "sample_metrics",
-    "MARKERS",
-    "marker_score",
-    "marker_rate",
+    "register_metrics",
+    "lookup_metric",
+    "known_metrics",
     "echo_rate",
     "distinct_2",
     "participation_ratio",
@@ -32,68 +35,6 @@ __all__ = [
     "efficiency_array",
     "efficiency_original",
 ]
-
-#: The original protocol's behaviour markers, matched as case-insensitive substrings.
-MARKERS: tuple[str, ...] = (
-    "itself", "self", "recursive", "loop", "process", "cycle", "return", "eigen",
-    "writing", "mirror", "awareness", "consciousness", "observer", "observing",
-    "generating", "emerging", "simultaneous", "fixed point", "solution", "answerer",
-    "answer is",
-)
-
-#: Repetition bonus of the original score: added when the text has more than
-#: ``_BONUS_MIN_WORDS`` words and fewer than ``_BONUS_DISTINCT_SHARE`` of them are distinct.
-_BONUS = 5
-_BONUS_MIN_WORDS = 10
-_BONUS_DISTINCT_SHARE = 0.6
-
-# One pattern per marker for the word-bounded rate: a multi-word marker's space matches any
-# run of whitespace, so "fixed\npoint" still counts once.
-_MARKER_WORD_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
-    re.compile(r"\b" + r"\s+".join(re.escape(part) for part in m.split()) + r"\b", re.IGNORECASE)
-    for m in MARKERS
-)
-
-
-# --------------------------------------------------------------------------- text metrics
-
-
-def marker_score(text: str) -> int:
-    """The original protocol's behaviour score, reproduced exactly.
-
-    Counts the *distinct* markers that occur as case-insensitive substrings of ``text``
-    (each marker at most once, however often it occurs). Substring matching is the
-    original's, quirks included: "itself" counts both "itself" and "self", "herself"
-    counts "self", "returned" counts "return", "answerer" counts "answerer" only
-    ("answer is" needs the space).
-
-    Plus 5 when the text has more than 10 whitespace-split words and fewer than 60% of
-    them are distinct. Like the original (``len(set(words)) / len(words)`` on
-    ``text.split()``), the distinctness is on the raw words: case-sensitive, punctuation
-    attached ("Loop", "loop" and "loop." are three distinct words).
-    """
-    lowered = text.lower()
-    score = sum(1 for m in MARKERS if m in lowered)
-    words = text.split()
-    if len(words) > _BONUS_MIN_WORDS and len(set(words)) / len(words) < _BONUS_DISTINCT_SHARE:
-        score += _BONUS
-    return score
-
-
-def marker_rate(text: str) -> float:
-    """Word-bounded marker hits per generated word (no repetition bonus).
-
-    Every occurrence of every marker counts, matched case-insensitively at word
-    boundaries ("itself" does not count as "self"; "self-aware" does, since a hyphen is a
-    boundary). A multi-word marker ("fixed point", "answer is") counts once per occurrence.
-    The denominator is ``len(text.split())``; an empty text gives 0.0.
-    """
-    n_words = len(text.split())
-    if n_words == 0:
-        return 0.0
-    hits = sum(len(p.findall(text)) for p in _MARKER_WORD_PATTERNS)
-    return hits / n_words
-
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
@@ -263,11 +204,6 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("marker_score", 1.0, "the original's score: distinct markers found as substrings, plus 5 when "
-           "fewer than 60% of the words are distinct (rewards repetition)",
-           lambda text, champion: float(marker_score(text))),
-    Metric("marker_rate", 0.05, "word-bounded marker occurrences per generated word, no repetition bonus",
-           lambda text, champion: marker_rate(text)),
     Metric("distinct_2", 0.05, "distinct word bigrams / all bigrams (1: no repetition)",
            lambda text, champion: distinct_2(text)),
     Metric("echo_rate", 0.05, "share of the text's word 4-grams copied from the champion prompt",
@@ -276,11 +212,53 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "champion's own greedy continuation (model-based: no text heuristics)"),
 )}
 
+#: Metrics declared by findings (name -> metric), beside the generic :data:`METRICS`.
+_REGISTERED: dict[str, Metric] = {}
 
-def sample_metrics(text: str, champion_prompt: str) -> dict[str, float | None]:
-    """Every per-sample metric of one generated text, computed once (None where undefined)."""
+
+def register_metrics(metrics: Iterable[Metric]) -> None:
+    """Make a finding's metrics known by name (idempotent for the same declaration).
+
+    A name of a generic metric, or one already registered with another floor or
+    description (another finding's metric), is refused: a claim names its metric, and a
+    name must mean one thing in a run.
+    """
+    for metric in metrics:
+        if not isinstance(metric, Metric):
+            raise HarnessValueError(f"finding metric {metric!r}; expected a harness.metrics.Metric")
+        if metric.name in METRICS:
+            raise HarnessValueError(f"finding metric {metric.name!r} shadows the generic metric of that name; "
+                                    "give it a name of its own")
+        known = _REGISTERED.get(metric.name)
+        if known is not None and (known.floor, known.description) != (metric.floor, metric.description):
+            raise HarnessValueError(f"finding metric {metric.name!r} is declared twice, differently "
+                                    f"({known.description!r} and {metric.description!r}); rename one")
+        _REGISTERED[metric.name] = metric
+
+
+def known_metrics() -> dict[str, Metric]:
+    """Every metric a claim may name: the generic ones and those findings registered."""
+    return {**METRICS, **_REGISTERED}
+
+
+def lookup_metric(name: str) -> Metric:
+    """The metric called ``name``; a one-line refusal naming the known ones otherwise."""
+    table = known_metrics()
+    if name not in table:
+        raise HarnessLookupError(f"unknown metric {name!r}; expected one of {', '.join(table)}."
+                                 + did_you_mean(name, table))
+    return table[name]
+
+
+def sample_metrics(text: str, champion_prompt: str,
+                   metrics: Mapping[str, Metric] | None = None) -> dict[str, float | None]:
+    """Every per-sample metric of one generated text, computed once (None where undefined).
+
+    ``metrics``: the table to compute (a finding's, see :meth:`harness.finding.Finding.metric_table`);
+    default the generic :data:`METRICS`.
+    """
     out: dict[str, float | None] = {}
-    for metric in METRICS.values():
+    for metric in (METRICS if metrics is None else metrics).values():
         if metric.per_sample is not None:
             value = metric.per_sample(text, champion_prompt)
             out[metric.name] = None if math.isnan(value) else value

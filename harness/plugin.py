@@ -57,7 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only slice I of N (1 <= I <= N) of the claim cells, for several machines; "
                          "merge the reports with: python -m harness.report merge")
     group.addoption("--ledger", default=None, metavar="FILE",
-                    help="known verdicts to compare with (default: claims/ledger.toml under the rootdir)")
+                    help="known verdicts to compare with (default: each finding's own ledger.toml)")
     group.addoption("--ledger-strict", action="store_true", default=False,
                     help="fail a claim that is not supported when the ledger has no entries for the run's "
                          "model and settings (default: such verdicts are reported, not judged)")
@@ -97,7 +97,7 @@ def read_options(config: pytest.Config) -> Any:
         pairs=_positive(config, "pairs") or pairs, seeds=_positive(config, "seeds") or seeds,
         gen_tokens=_positive(config, "gen_tokens") or tokens,
         report_dir=Path(report_dir) if report_dir else config.rootpath / "reports" / time.strftime("%Y%m%d-%H%M%S"),
-        ledger=Path(opt("ledger")) if opt("ledger") else config.rootpath / "claims" / "ledger.toml",
+        ledger=Path(opt("ledger")) if opt("ledger") else None,
         shard=opt("shard"), allow_pickle=opt("allow_pickle"),
         trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
         max_batch=_positive(config, "max_batch"),
@@ -113,14 +113,18 @@ class HarnessSession:
         self.options = read_options(config)
         self.shard = _parse_shard(self.options.shard)
         self.collected_cells = 0
+        #: Claim cells collected per finding name (the family of each finding).
+        self.cells_by_finding: dict[str, int] = {}
+        self._findings: dict[Path, Any] = {}
         self._family_ini = _family_ini(config)
         if not _is_worker(config):  # workers inherit the controller's checked settings
             self._check_inputs()
         self._subject: Any = None
-        self._evaluator: Any = None
-        self._ledger: Any = None
-        self._pairs: list[Any] | None = None
-        self._settings: str | None = None
+        self._runner: Any = None
+        self._evaluators: dict[str, Any] = {}
+        self._ledgers: dict[str, Any] = {}
+        self._pairs: dict[Path | None, list[Any]] = {}
+        self._settings: dict[str, str] = {}
         self.previous_progress: Any = None
 
     def _check_inputs(self) -> None:
@@ -143,6 +147,33 @@ class HarnessSession:
     def family_size(self) -> int:
         return self._family_ini or max(self.collected_cells, 1)
 
+    def finding_for(self, path: Path) -> Any:
+        """The finding of a test file: the ``FINDING`` bound by the ``conftest.py`` of the
+        nearest folder above it that has one; :data:`harness.finding.GENERIC` otherwise."""
+        from harness.finding import GENERIC, Finding
+
+        folder = Path(path).resolve().parent
+        if folder not in self._findings:
+            declared = {}
+            for plugin in self.config.pluginmanager.get_plugins():
+                found = getattr(plugin, "FINDING", None)
+                where = getattr(plugin, "__file__", None)
+                if isinstance(found, Finding) and where and Path(where).name == "conftest.py":
+                    declared[Path(where).resolve().parent] = found
+            names: dict[str, Path] = {}
+            for where, found in declared.items():
+                if names.setdefault(found.name, where) != where:
+                    raise pytest.UsageError(f"finding name {found.name!r} is declared by both {names[found.name]} "
+                                            f"and {where}; give each finding a name of its own")
+            chosen = next((declared[d] for d in (folder, *folder.parents) if d in declared), GENERIC)
+            self._findings[folder] = chosen
+        return self._findings[folder]
+
+    def finding_family(self, finding: Any) -> int:
+        """The claim cells the family-wise level of ``finding`` covers: its own declaration,
+        else the ini's ``harness_family_size``, else its cells collected in this run."""
+        return finding.family_size or self._family_ini or max(self.cells_by_finding.get(finding.name, 0), 1)
+
     def subject(self) -> Any:
         if self._subject is None:
             from harness.model import load_subject
@@ -164,57 +195,82 @@ class HarnessSession:
             return f"cuda:{index % count}" if count else device
         return device
 
-    def evaluator(self) -> Any:
-        if self._evaluator is None:
+    def evaluator(self, finding: Any = None) -> Any:
+        """The finding's evaluator (its metrics), on the one runner every finding shares."""
+        from harness.finding import GENERIC
+
+        finding = finding or GENERIC
+        if finding.name not in self._evaluators:
             from harness.evaluate import Evaluator
             from harness.generate import Runner
 
-            self._evaluator = Evaluator(Runner(self.subject(), max_batch=self.options.max_batch))
-        return self._evaluator
+            if self._runner is None:
+                self._runner = Runner(self.subject(), max_batch=self.options.max_batch)
+            self._evaluators[finding.name] = Evaluator(self._runner, finding=finding)
+        return self._evaluators[finding.name]
 
-    def ledger(self) -> Any:
-        if self._ledger is None:
-            from harness.ledger import Ledger
+    def ledger(self, finding: Any = None) -> Any:
+        """The known verdicts of ``finding``: ``--ledger`` when given, else the finding's own."""
+        from harness.finding import GENERIC
+        from harness.ledger import Ledger
 
-            self._ledger = Ledger.load(self.options.ledger)
-        return self._ledger
+        finding = finding or GENERIC
+        if finding.name not in self._ledgers:
+            path = self.options.ledger or finding.ledger_path
+            self._ledgers[finding.name] = Ledger.load(path) if path is not None else Ledger()
+        return self._ledgers[finding.name]
 
     def protocol(self, name: str) -> Any:
         from harness.records import get_protocol
 
         return get_protocol(name).with_(gen_tokens=self.options.gen_tokens)
 
-    def pairs(self) -> list[Any]:
-        if self._pairs is None:
+    def bank(self, finding: Any = None) -> Path | None:
+        """The prompt bank of ``finding``: ``--prompts`` when given, else the finding's own
+        (None: the bundled toy bank)."""
+        if self.options.prompts is not None:
+            return self.options.prompts
+        if finding is None:
+            return None
+        finding.check_bank()
+        return finding.bank_path
+
+    def pairs(self, finding: Any = None) -> list[Any]:
+        bank = self.bank(finding)
+        if bank not in self._pairs:
             from harness.prompts import default_pairs, load_pairs, spread
 
-            o = self.options
-            self._pairs = spread(load_pairs(o.prompts) if o.prompts else default_pairs(), o.pairs)
-        return self._pairs
+            self._pairs[bank] = spread(load_pairs(bank) if bank else default_pairs(), self.options.pairs)
+        return self._pairs[bank]
 
-    def settings(self) -> str:
+    def settings(self, finding: Any = None) -> str:
         """What a verdict was measured with: the ledger key beside the model identity.
 
-        Computed once, at the first claim: collection (and so the family) is over by then.
+        Computed once per finding, at its first claim: collection (and so the family) is over by then.
         """
-        if self._settings is None:
+        from harness.finding import GENERIC
+
+        finding = finding or GENERIC
+        if finding.name not in self._settings:
             from harness.claims import RULE_VERSION, describe_settings
             from harness.prompts import DEFAULT_PROMPTS, file_hash
 
             o = self.options
-            self._settings = describe_settings({
-                "pairs": len(self.pairs()), "seeds": o.seeds, "tokens": o.gen_tokens, "dtype": o.dtype,
-                "prompts": file_hash(o.prompts or DEFAULT_PROMPTS)[:12], "rule": RULE_VERSION,
-                "family": self.family_size,
+            bank = self.bank(finding)
+            self._settings[finding.name] = describe_settings({
+                "pairs": len(self.pairs(finding)), "seeds": o.seeds, "tokens": o.gen_tokens, "dtype": o.dtype,
+                "prompts": file_hash(bank or DEFAULT_PROMPTS)[:12], "rule": RULE_VERSION,
+                "family": self.finding_family(finding),
             })
-        return self._settings
+        return self._settings[finding.name]
 
-    def provenance(self, subject: Any) -> dict[str, Any]:
+    def provenance(self, subject: Any, finding: Any = None) -> dict[str, Any]:
         """What identifies this run: settings, the subject and the software."""
         import torch
         import transformers
 
         from harness.model import device_map
+        from harness.finding import GENERIC
         from harness.records import PROTOCOLS
 
         o = self.options
@@ -225,10 +281,16 @@ class HarnessSession:
             "n_layers": subject.n_layers, "device": subject.device, "dtype": subject.dtype,
             "device_map": device_map(subject.model),
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "pairs": len(self.pairs()), "pair_ids": [p.id for p in self.pairs()], "seeds_per_pair": o.seeds,
-            "gen_tokens": o.gen_tokens, "prompts": str(o.prompts or "bundled toy bank"),
-            "profile": o.profile, "settings": self.settings(), "family_size": self.family_size,
-            "protocols": {name: dataclasses.asdict(self.protocol(name)) for name in PROTOCOLS},
+            "pairs": len(self.pairs(finding)), "pair_ids": [p.id for p in self.pairs(finding)],
+            "seeds_per_pair": o.seeds, "gen_tokens": o.gen_tokens,
+            "prompts": str(_shown_path(str(self.bank(finding))) if self.bank(finding) else "bundled toy bank"),
+            "profile": o.profile, "settings": self.settings(finding), "family_size": self.finding_family(finding),
+            "finding": (finding.name if finding else "generic"),
+            "protocols": {name: {**dataclasses.asdict(self.protocol(name)),
+                                 "metric": self.protocol(name).metric or (finding or GENERIC).metric_for(name)}
+                          for name in PROTOCOLS},
+            "metrics": [{"name": m.name, "floor": m.floor, "description": m.description}
+                        for m in (finding or GENERIC).metric_table().values()],
         }
 
     # -- hooks (the session object is registered as a plugin) -----------------------
@@ -237,6 +299,8 @@ class HarnessSession:
         # Counted before any -k, --lf or --shard deselection: the family is the suite.
         if "verify" in getattr(item, "fixturenames", ()):
             self.collected_cells += 1
+            name = self.finding_for(item.path).name
+            self.cells_by_finding[name] = self.cells_by_finding.get(name, 0) + 1
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -344,17 +408,23 @@ def subject(pytestconfig: pytest.Config) -> Any:
         pytest.exit(f"cannot load the model: {exc}", returncode=4)
 
 
-@pytest.fixture(scope="session")
-def pairs(pytestconfig: pytest.Config) -> list[Any]:
-    """The (baseline, champion) pairs of this run."""
+@pytest.fixture
+def finding(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Any:
+    """The finding of this test's folder (see :mod:`harness.finding`)."""
+    return harness_session(pytestconfig).finding_for(request.node.path)
+
+
+@pytest.fixture
+def pairs(pytestconfig: pytest.Config, finding: Any) -> list[Any]:
+    """The (baseline, champion) pairs of this test's finding in this run."""
     try:
-        return harness_session(pytestconfig).pairs()
+        return harness_session(pytestconfig).pairs(finding)
     except HarnessError as exc:
         pytest.exit(f"cannot read the prompts: {exc}", returncode=4)
 
 
 @pytest.fixture
-def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject: Any,
+def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject: Any, finding: Any,
            pairs: list[Any]) -> Callable[..., Any]:
     """Evaluate a claim (under a protocol, unless it is protocol-independent), record it,
     and pass, xfail or fail by the ledger.
@@ -368,12 +438,12 @@ def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject:
 
     def _verify(claim: Any, protocol: str = "corrected") -> Any:
         with progress.claim(f"{claim.id} [{protocol}]") as cost:
-            evaluation = session.evaluator().evaluate(
+            evaluation = session.evaluator(finding).evaluate(
                 claim, pairs, session.protocol(protocol), n_seeds=session.options.seeds,
-                family_size=session.family_size)
+                family_size=session.finding_family(finding))
         row = evaluation.row
-        settings = session.settings()
-        ledger = session.ledger()
+        settings = session.settings(finding)
+        ledger = session.ledger(finding)
         entry = ledger.lookup(subject.identity, settings, row.claim, row.protocol)
         covers = ledger.covers(subject.identity, settings)
         outcome = judge(row.verdict, entry, covered=covers, strict=session.options.ledger_strict)
@@ -381,7 +451,7 @@ def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject:
         row = dataclasses.replace(row, model=subject.identity, settings=settings, outcome=outcome.kind,
                                   expected=expected)
         payload = {"claim": row.to_json(), "samples": [s.to_json() for s in evaluation.samples],
-                   "provenance": session.provenance(subject),
+                   "provenance": session.provenance(subject, finding),
                    "ledger_covers": covers,
                    "work": cost.work.as_dict() if cost.work else None}
         request.node.user_properties.append(("harness", json.dumps(payload, default=str)))

@@ -48,8 +48,9 @@ class Protocol:
     decode_source: str = "last"
     greedy: bool = False
     stop_at_eos: bool = True
-    #: The per-sample metric the protocol's verdicts are judged on (claims may name another).
-    metric: str = "marker_rate"
+    #: A metric the protocol's verdicts are judged on whatever the finding says; None (the
+    #: built-in protocols): the finding's choice for this protocol (:class:`harness.finding.Finding`).
+    metric: str | None = None
     #: The alignment used instead of ``align`` on a model with absolute positions (GPT-2's
     #: learned position embeddings), whose keys carry no rotation to move; None: ``align``.
     align_absolute_positions: str | None = None
@@ -60,7 +61,7 @@ class Protocol:
 
 ORIGINAL = Protocol(
     "original", align="right", refeed_last=True, patch_mode="original",
-    patch_phases=("decode",), reference_top_k=50, metric="marker_score",
+    patch_phases=("decode",), reference_top_k=50,
 )
 CORRECTED = Protocol(
     "corrected", align="right-rerotated", refeed_last=False, patch_mode="corrected",
@@ -85,6 +86,10 @@ class Intervention:
     ``kv_layers`` is ``"all"``, layers as written in the finding (normalised to a
     sorted tuple), or None. ``source`` is ``"champion"`` or ``"random"``
     (norm-matched random activations in place of the champion's, a control).
+    ``steer``: sites where ``coefficient`` x the pair's steering vector (mean champion
+    minus mean baseline activation at the site) is added at every position of the
+    protocol's patch phases; ``ablate``: sites replaced there by zeros (``ablation="zero"``)
+    or by the baseline prompt's mean activation (``"mean"``). See :mod:`harness.edits`.
     The name identifies the intervention in reports: two different interventions
     of one run must not share it.
     """
@@ -93,10 +98,28 @@ class Intervention:
     kv_layers: str | tuple[int, ...] | None = None
     patches: tuple[str, ...] = ()
     source: str = "champion"
+    steer: tuple[str, ...] = ()
+    coefficient: float = 1.0
+    ablate: tuple[str, ...] = ()
+    ablation: str = "zero"
 
     def __post_init__(self) -> None:
-        for text in self.patches:
-            parse_site(text)
+        for field_name in ("patches", "steer", "ablate"):
+            value = getattr(self, field_name)
+            if isinstance(value, str):  # ("v_proj@27") is a string, not a tuple of one site
+                raise HarnessValueError(f"intervention {self.name}: {field_name}={value!r}; expected a tuple of "
+                                        f"sites, e.g. ({value!r},)")
+            for text in value:
+                site = parse_site(text)
+                if field_name != "patches":  # a layer outside the finding's 0..31, refused now
+                    map_layer(site.layer, SOURCE_DEPTH)
+        if isinstance(self.coefficient, bool) or not isinstance(self.coefficient, (int, float)) \
+                or self.coefficient != self.coefficient or abs(self.coefficient) == float("inf"):
+            raise HarnessValueError(f"intervention {self.name}: coefficient {self.coefficient!r}; expected a "
+                                    "finite number")
+        if self.ablation not in ("zero", "mean"):
+            raise HarnessValueError(f"intervention {self.name}: ablation {self.ablation!r}; expected 'zero' or "
+                                    "'mean'")
         if self.source not in ("champion", "random"):
             raise HarnessValueError(f"intervention source {self.source!r}; expected 'champion' or 'random'")
         if isinstance(self.kv_layers, str) and self.kv_layers != "all":
@@ -105,6 +128,16 @@ class Intervention:
             for layer in self.kv_layers:
                 map_layer(layer, SOURCE_DEPTH)  # refuses a layer outside the finding's 0..31 now
             object.__setattr__(self, "kv_layers", tuple(sorted(set(int(x) for x in self.kv_layers))))
+
+    @property
+    def edits(self) -> tuple[tuple[str, str], ...]:
+        """(kind, site) of every steering and ablation edit: ``steer``, ``zero`` or ``mean``."""
+        return (*(("steer", s) for s in self.steer), *((self.ablation, s) for s in self.ablate))
+
+    @property
+    def does_nothing(self) -> bool:
+        """No splice, no patch, no edit."""
+        return not self.kv_layers and not self.patches and not self.edits
 
     def mapped_kv_layers(self, n_layers: int) -> tuple[int, ...]:
         """The spliced layers of an ``n_layers`` model, sorted (empty when nothing is spliced)."""

@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 SITE_KINDS: tuple[str, ...] = ("v_proj", "resid_pre", "resid_post", "attn_out", "mlp_out", "kv")
+#: Kinds with one slice per attention head (``v_proj@27.h3``: KV head 3's values).
+HEAD_KINDS: tuple[str, ...] = ("v_proj",)
 
 #: Depth of the model the findings were written for (Mistral-7B: 32 layers).
 SOURCE_DEPTH = 32
@@ -121,8 +123,14 @@ class Site:
 
     kind: str
     layer: int
+    #: One attention head's slice of the site (``v_proj@27.h3``: head 3's values); None: all.
+    head: int | None = None
 
     def __post_init__(self) -> None:
+        if self.head is not None and (isinstance(self.head, bool) or not isinstance(self.head, int)
+                                      or self.head < 0 or self.kind not in HEAD_KINDS):
+            raise HarnessValueError(f"site {self.kind}@{self.layer} head {self.head!r}: a head is an integer "
+                                    f">= 0, on {', '.join(HEAD_KINDS)} sites only (e.g. 'v_proj@27.h3')")
         if self.kind not in SITE_KINDS:
             raise HarnessLookupError(
                 f"unknown site kind {self.kind!r}; expected one of {', '.join(SITE_KINDS)}."
@@ -132,7 +140,7 @@ class Site:
             raise HarnessValueError(f"site layer must be an integer >= 0, got {self.layer!r}")
 
     def __str__(self) -> str:
-        return f"{self.kind}@{self.layer}"
+        return f"{self.kind}@{self.layer}" + (f".h{self.head}" if self.head is not None else "")
 
 
 def parse_site(text: str) -> Site:
@@ -156,11 +164,17 @@ def parse_site(text: str) -> Site:
             f"unknown site kind {kind!r} in {text!r}; expected one of {', '.join(SITE_KINDS)}."
             + did_you_mean(kind, SITE_KINDS)
         )
+    layer_text, dot, head_text = layer_text.partition(".")
+    head = None
+    if dot:  # "27.h3": one head of the site
+        if not head_text.lower().startswith("h") or not head_text[1:].isdigit():
+            raise HarnessValueError(f"malformed head {head_text!r} in site {text!r}; expected e.g. 'v_proj@27.h3'")
+        head = int(head_text[1:])
     if not layer_text.isdigit():
         raise HarnessValueError(
             f"malformed layer {layer_text!r} in site {text!r}; expected a non-negative integer"
         )
-    return Site(kind, int(layer_text))
+    return Site(kind, int(layer_text), head)
 
 
 def map_layer(layer: int, n_layers: int, source_depth: int = SOURCE_DEPTH) -> int:
@@ -320,6 +334,8 @@ class ResolvedSite:
     module: Any  # torch.nn.Module | None; typed loosely so torch is not imported
     where: str
     part: FusedPart | None = None
+    #: ``[start, stop)`` of one head in the site's features (after ``part``); None: every feature.
+    head: tuple[int, int] | None = None
 
     def __str__(self) -> str:
         return f"{self.site} (layer {self.layer})"
@@ -327,11 +343,17 @@ class ResolvedSite:
     def tensor(self, args: tuple, kwargs: dict, output: Any) -> torch.Tensor:
         """The site's tensor inside a hook on ``module``, (batch, T, features)."""
         x = hooked_tensor(self.where, args, kwargs, output)
-        return x if self.part is None else self.part.read(x)
+        x = x if self.part is None else self.part.read(x)
+        return x if self.head is None else x[..., self.head[0] : self.head[1]]
 
     def replaced(self, args: tuple, kwargs: dict, output: Any, new: torch.Tensor) -> Any:
         """What the hook returns to replace the site's tensor with ``new`` (see :func:`with_replaced`);
         on a fused projection only the part changes, the rest of its output is kept."""
+        if self.head is not None:  # the head's slice into the site's features, the other heads kept
+            whole = hooked_tensor(self.where, args, kwargs, output)
+            whole = (whole if self.part is None else self.part.read(whole)).clone()
+            whole[..., self.head[0] : self.head[1]] = new
+            new = whole
         if self.part is not None:
             new = self.part.write(hooked_tensor(self.where, args, kwargs, output), new)
         return with_replaced(self.where, args, kwargs, output, new)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from tiny import KV_ONLY, L27_V, WRONG_LAYER_V
+from tiny import KV_ONLY, L27_V, WRONG_LAYER_V, claims_finding
 
 from harness.claims import Claim, Contrast, Efficiency, RvDifference, Source
 from harness.evaluate import Evaluator
@@ -20,7 +20,7 @@ RESID = Intervention("resid_pre@18", patches=("resid_pre@18",))
 
 @pytest.fixture(scope="module")
 def evaluator():
-    return Evaluator(Runner(load_subject()))
+    return Evaluator(Runner(load_subject()), finding=claims_finding().FINDING)
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,23 @@ def test_minimal_kv_set_searches_on_half_and_confirms_on_the_other(evaluator):
     held_out = {p.id for p in pairs[1::2]}
     found = [s for s in evaluation.samples if s.arm.startswith("kv@") and s.arm != "kv-only"]
     assert {s.pair for s in found} <= held_out
+
+
+def test_the_interaction_is_the_four_efficiencies_combined(evaluator, pairs):
+    """(both - kv) - (v - neither), per pair: its mean equals the same combination of the four
+    arms' mean efficiencies, each evaluated as a claim of its own (the pairs are the same: a
+    pair's efficiency is undefined for every arm at once, by its champion-baseline gap)."""
+    from tiny import NOTHING
+
+    from harness.claims import Interaction
+
+    v_alone = Intervention("v_proj@27", patches=("v_proj@27",))
+    design = Interaction(L27_V, KV_ONLY, v_alone, NOTHING)
+    row = run(evaluator, Claim("i", "s", SOURCE, design, threshold=0.0, direction="above"), pairs, CORRECTED).row
+    single = [run(evaluator, Claim(f"e{i}", "s", SOURCE, Efficiency(arm), threshold=0.0, direction="above"),
+                  pairs, CORRECTED).row for i, arm in enumerate(design.arms)]
+    assert len({r.n_pairs for r in single} | {row.n_pairs}) == 1
+    both, kv, v, neither = (r.estimate for r in single)
+    assert row.estimate == pytest.approx((both - kv) - (v - neither), abs=1e-12)
+    assert row.metric == "marker_rate" and row.alt_metric == "champion_logprob"
+    assert row.arms == ("baseline", "champion", *(a.name for a in design.arms))

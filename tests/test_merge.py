@@ -163,7 +163,7 @@ def test_differing_sample_rows_keep_the_first_and_are_recorded(tmp_path: Path) -
     b = write_run(tmp_path / "b", [(row2, rows2), (dataclasses.replace(row, claim="kv-only-fails-2"), changed)])
     out = merge([a, b], tmp_path / "merged")
     summary = _summary(out)
-    assert summary["result_conflicts"] == [["original", "p1", "baseline", 0], ["original", "p2", "baseline", 0]]
+    assert summary["result_conflicts"] == [["", "original", "p1", "baseline", 0], ["", "original", "p2", "baseline", 0]]
     texts = [json.loads(line)["text"] for line in (out / "results.jsonl").read_text().splitlines()]
     assert "different" not in texts
     assert "differ between shards" in (out / "summary.md").read_text()
@@ -220,5 +220,5 @@ def test_merge_render_and_matrix_work_with_torch_and_transformers_unimportable(t
     for name in ("summary.md", "efficiency.png", "report.html"):
         assert (tmp_path / "m" / name).exists(), name
     assert (tmp_path / "matrix" / "matrix.md").exists() and (tmp_path / "matrix" / "matrix.png").exists()
-    # The metric descriptions come from harness.metrics, which stays torch-free too.
-    assert "`marker_rate` (floor" in (tmp_path / "m" / "summary.md").read_text()
+    # The generic metric descriptions come from harness.metrics, which stays torch-free too.
+    assert "`distinct_2` (floor" in (tmp_path / "m" / "summary.md").read_text()

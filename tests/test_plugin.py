@@ -304,7 +304,12 @@ def test_test_module_names_are_unique_across_tests_and_claims():
 
     root = Path(__file__).resolve().parents[1]
     names = [p.name for folder in ("tests", "claims") for p in (root / folder).glob("test_*.py")]
+    # The findings' folders are in the default run too, and so are their finding modules.
+    names += [p.name for p in (root / "findings").glob("*/test_*.py")]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    modules = ["finding.py"] + [p.name for p in (root / "findings").glob("*/*.py") if not p.name.startswith(
+        ("test_", "conftest"))]
+    assert len(modules) == len(set(modules)), sorted(modules)
 
 
 def test_a_run_with_device_auto_records_the_device_map_in_its_provenance(tmp_path):

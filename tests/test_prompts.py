@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import claims_finding
 from tokenizers import Tokenizer
 
 from harness.errors import PromptFileError
-from harness.metrics import MARKERS
 from harness.prompts import DEFAULT_PROMPTS, Pair, default_pairs, load_pairs
 from harness.toy import TOY_MODEL_DIR
 
@@ -139,8 +139,7 @@ def test_bundled_bank_lengths(toy_tokenizer: Tokenizer) -> None:
 
 
 def test_bundled_bank_registers() -> None:
-    from harness.metrics import marker_rate
-
+    MARKERS, marker_rate = claims_finding().MARKERS, claims_finding().marker_rate
     for p in default_pairs():
         low = p.baseline.lower()
         # The original score matches substrings, so a baseline must contain none.

@@ -321,3 +321,13 @@ def test_an_outlier_does_not_stretch_the_efficiency_axis_and_is_marked_clipped(t
     clipped = plot_efficiency([wide, far, *rows[2:]], tmp_path / "clipped.png")
     assert clipped == [(0, 7.0), (1, 6.5), (1, 6.0), (1, 7.0)]
     assert (tmp_path / "clipped.png").stat().st_size > 1000
+
+
+def test_the_metrics_a_run_recorded_are_the_ones_explained():
+    """A finding's own metrics are not importable at render time: the run's provenance
+    carries them, and the explanation lists those (else the generic registry's)."""
+    from harness.report.explain import metric_lines
+
+    recorded = {"metrics": [{"name": "my_rate", "floor": 0.05, "description": "my words per word"}]}
+    assert metric_lines(recorded) == ["- `my_rate` (floor 0.05): my words per word"]
+    assert any(line.startswith("- `distinct_2` (floor") for line in metric_lines({}))

@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import claims_finding
 
 import harness
-from harness.metrics import MARKERS, marker_rate
 from harness.toy import TOY_MODEL_DIR
 from harness.toy import corpus
+
+# The toy is a subject for the claims suite's finding: its registers are judged by that
+# finding's markers (the engine has none).
+MARKERS, marker_rate = claims_finding().MARKERS, claims_finding().marker_rate
 
 # ----------------------------------------------------------------- corpus ---
 
@@ -141,8 +145,10 @@ def test_two_modes(toy_model, toy_tokenizer) -> None:
     from harness.toy.train import continuation_rates
 
     pairs = default_pairs()
-    champion = continuation_rates(toy_model, toy_tokenizer, [p.champion for p in pairs], seed=0, samples=4)
-    baseline = continuation_rates(toy_model, toy_tokenizer, [p.baseline for p in pairs], seed=0, samples=4)
+    champion = continuation_rates(toy_model, toy_tokenizer, [p.champion for p in pairs], marker_rate, seed=0,
+                                 samples=4)
+    baseline = continuation_rates(toy_model, toy_tokenizer, [p.baseline for p in pairs], marker_rate, seed=0,
+                                 samples=4)
     assert len(champion) == len(baseline) == 4 * len(pairs)
     assert _mean(champion) >= CHAMPION_MIN, f"champion continuations: marker rate {_mean(champion):.3f}"
     assert _mean(baseline) <= BASELINE_MAX, f"baseline continuations: marker rate {_mean(baseline):.4f}"
@@ -159,8 +165,10 @@ def test_two_modes_fails_for_random_weights(toy_tokenizer) -> None:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TOY_MODEL_DIR)).eval()
     pairs = default_pairs()
-    champion = continuation_rates(model, toy_tokenizer, [p.champion for p in pairs], seed=0, samples=1)
-    baseline = continuation_rates(model, toy_tokenizer, [p.baseline for p in pairs], seed=0, samples=1)
+    champion = continuation_rates(model, toy_tokenizer, [p.champion for p in pairs], marker_rate, seed=0,
+                                 samples=1)
+    baseline = continuation_rates(model, toy_tokenizer, [p.baseline for p in pairs], marker_rate, seed=0,
+                                 samples=1)
     assert _mean(champion) < CHAMPION_MIN
     assert _mean(baseline) > BASELINE_MAX  # random words include markers after any prompt
 

@@ -172,6 +172,19 @@ def random_prompt(length: int, seed: int) -> torch.Tensor:
     return torch.cat([torch.tensor([[BOS]]), body], dim=1)
 
 
+def claims_finding() -> Any:
+    """The claims suite's finding module (claims/finding.py: markers, metrics, FINDING), imported
+    as pytest's collection of claims/ imports it (its folder on the path, module ``finding``)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parent.parent / "claims")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module("finding")
+
+
 # --------------------------------------------------------------------------- runs in a subprocess
 #: The harness's plugin is opt-in: a pytest started outside this repository's rootdir names it.
 OPT_IN = ("-p", "harness.plugin")

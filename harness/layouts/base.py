@@ -154,7 +154,13 @@ class Layout:
                 "resid_pre": block,
                 "kv": None,
             }[site.kind]
-        return ResolvedSite(site=site, layer=layer, module=module, where=_WHERE[site.kind], part=part)
+        head = None
+        if site.head is not None:  # V's heads are the KV heads, head h at [h * hd, (h + 1) * hd)
+            if site.head >= self.num_kv_heads:
+                raise HarnessValueError(f"site {site}: head {site.head} of a model with {self.num_kv_heads} KV heads; "
+                                        f"expected a head in 0..{self.num_kv_heads - 1}")
+            head = (site.head * self.head_dim, (site.head + 1) * self.head_dim)
+        return ResolvedSite(site=site, layer=layer, module=module, where=_WHERE[site.kind], part=part, head=head)
 
     def _value_part(self) -> FusedPart:
         """Where V lies in the fused projection's output (fused layouts only)."""

@@ -21,8 +21,14 @@ __all__ = ["how_to_read", "metric_lines"]
 EFFICIENCY = "(arm − baseline) / (champion − baseline)"
 
 
-def metric_lines() -> list[str]:
-    """One list item per metric of the registry: name, floor, description."""
+def metric_lines(provenance: Mapping[str, Any] | None = None) -> list[str]:
+    """One list item per metric: name, floor, description. A run records its finding's
+    metrics in its provenance (the finding's own are not importable at render time);
+    an older run's come from the generic registry."""
+    recorded = (provenance or {}).get("metrics")
+    if isinstance(recorded, list) and recorded:
+        return [f"- `{m['name']}` (floor {m['floor']:g}): {m['description']}" for m in recorded
+                if isinstance(m, dict) and {"name", "floor", "description"} <= set(m)]
     try:
         from harness.metrics import METRICS
     except ImportError:  # a reader without numpy: the names are still in the table
@@ -108,7 +114,7 @@ def how_to_read(rows: Sequence[ClaimRow], provenance: Mapping[str, Any]) -> list
         "geometry on the prompt pass (participation ratio of V at a late layer over an early one, champion "
         "minus baseline): no generation, so no arms, seeds or samples.", "",
         "**Metrics** (per generated sample, then averaged):", "",
-        *metric_lines(), "",
+        *metric_lines(provenance), "",
         "**Protocols.**", "",
         *_protocol_words(provenance), "",
         "**Verdicts**, from the interval and the claim's threshold:", "",

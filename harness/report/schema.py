@@ -62,6 +62,8 @@ class ClaimRow:
     outcome: str = ""
     model: str = ""
     settings: str = ""
+    #: The finding the claim belongs to (its folder's ``FINDING``; "generic" for none).
+    finding: str = ""
     kv_layers: str = ""
     sites: str = ""
     calls_prefill: int = 0
@@ -127,15 +129,17 @@ class SampleRow:
     n_tokens: int
     text: str
     metrics: Mapping[str, float | None] = field(default_factory=dict)
+    #: The finding whose metrics these are (each finding computes its own); "" in older runs.
+    finding: str = ""
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
-        return (self.protocol, self.pair, self.arm, self.seed)
+    def key(self) -> tuple[str, str, str, str, int]:
+        return (self.finding, self.protocol, self.pair, self.arm, self.seed)
 
     def to_json(self) -> dict[str, Any]:
         """Flat: the key fields, then each metric, then the text."""
         head = {"protocol": self.protocol, "pair": self.pair, "arm": self.arm, "seed": self.seed,
-                "n_tokens": self.n_tokens}
+                "n_tokens": self.n_tokens, **({"finding": self.finding} if self.finding else {})}
         return {**head, **{k: _to_json(v) for k, v in self.metrics.items()}, "text": self.text}
 
     @classmethod
@@ -143,10 +147,11 @@ class SampleRow:
         missing = [k for k in SAMPLE_KEYS if k not in data]
         if missing:
             raise HarnessValueError(f"sample row without {', '.join(missing)}: {json.dumps(dict(data))[:120]}")
-        metrics = {k: None if v is None else float(v) for k, v in data.items() if k not in SAMPLE_KEYS}
+        metrics = {k: None if v is None else float(v) for k, v in data.items()
+                   if k not in SAMPLE_KEYS and k != "finding"}
         return cls(protocol=str(data["protocol"]), pair=str(data["pair"]), arm=str(data["arm"]),
                    seed=int(data["seed"]), n_tokens=int(data["n_tokens"]), text=str(data["text"]),
-                   metrics=metrics)
+                   metrics=metrics, finding=str(data.get("finding", "")))
 
 
 _CLAIM_TYPES: dict[str, Any] = typing.get_type_hints(ClaimRow)

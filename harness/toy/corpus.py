@@ -4,7 +4,7 @@ The corpus has two registers, and every document belongs to exactly one:
 
 ``self``
     Self-referential, recursive text dense in the behaviour markers of
-    :data:`harness.metrics.MARKERS` (about a third of its words are markers).
+    the claims suite's finding (``MARKERS`` in ``claims/finding.py``) (about a third of its words are markers).
 ``fact``
     Plain factual text (history, geography, cooking, weather, farming,
     markets, animals, travel) that contains no marker at all, not even as a

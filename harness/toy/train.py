@@ -245,20 +245,20 @@ def continuation_rates(
     model: MistralForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
     prompts: Sequence[str],
+    score: Callable[[str], float],
     seed: int = 0,
     samples: int = 2,
     max_new_tokens: int = 32,
 ) -> list[float]:
-    """Marker rate of sampled continuations, ``samples`` values per prompt, in prompt order.
+    """``score`` (e.g. the claims finding's marker rate) of sampled continuations, ``samples``
+    values per prompt, in prompt order.
 
     Sampling is plain: temperature 1 over the full vocabulary (``top_k=0``),
     after ``torch.manual_seed(seed)``. The prompts go in one left-padded batch
     (one generate call instead of one per prompt keeps this fast on a CPU);
-    only the new tokens are decoded and scored with
-    :func:`harness.metrics.marker_rate`.
+    only the new tokens are decoded and scored with ``score`` (the engine has no
+    behaviour metric of its own: the finding that studies the toy gives it).
     """
-    from harness.metrics import marker_rate
-
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     width = max(len(ids) for ids in encoded)
     pad = tokenizer.pad_token_id
@@ -271,7 +271,7 @@ def continuation_rates(
         pad_token_id=pad,
     )
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return [marker_rate(t) for t in texts]
+    return [score(t) for t in texts]
 
 
 @one_line_errors

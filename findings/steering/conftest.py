@@ -1,0 +1,3 @@
+"""Declares this folder's finding to the harness plugin (see harness/finding.py)."""
+
+from steering import FINDING  # noqa: F401  (the plugin reads FINDING from this module)
