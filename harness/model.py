@@ -169,9 +169,9 @@ def check_local_folder(folder: Path, *, allow_pickle: bool = False) -> dict:
                 f"model folder {str(folder)!r} has no weights (no *.safetensors file); "
                 "save the model with save_pretrained(safe_serialization=True) into it"
             )
+    check_architecture(config)  # first: a layout the harness cannot hook is the more basic refusal
     for path in safe:
         check_safetensors(path)
-    check_architecture(config)
     return config
 
 
