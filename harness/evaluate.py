@@ -42,7 +42,8 @@ from harness.records import ArmResult, Intervention, Protocol
 from harness.report.schema import ClaimRow, SampleRow
 from harness.sites import Site
 from harness.guards import GuardResult, guard_arms_differ, guard_gap_floor, guard_patch_changed
-from harness.stats import decide, family_level, mean_interval, min_detectable_effect
+from harness.stats import decide, family_level, mean_interval
+from harness.verdict import judge
 
 __all__ = ["Evaluation", "Evaluator", "MODEL_METRIC"]
 
@@ -202,8 +203,7 @@ class Evaluator:
         metric = metric_for(claim, protocol)
         values = claim.measure.per_pair(cell, metric)
         guards = self._guards(claim, cell, metric)
-        interval = mean_interval(values, level)
-        decision = decide(interval, _threshold(claim), claim.direction, guards)
+        interval, decision, mde = judge(claim, cell, metric, values, _threshold(claim), level, guards)
         measure = claim.measure
         text_metric = isinstance(measure, (Efficiency, Contrast, MinimalKvSet))
         row = dict(
@@ -216,7 +216,7 @@ class Evaluator:
             n_seeds=n_seeds if claim.measure.arms else 0, threshold=float(claim.threshold),
             threshold_high=math.nan if claim.threshold_high is None else float(claim.threshold_high),
             direction=claim.direction, family_size=family_size,
-            mde=min_detectable_effect(values, level), flags=decision.flags, statement=claim.statement,
+            mde=mde, flags=decision.flags, statement=claim.statement,
             source_file=claim.source.file, source_quote=claim.source.quote,
             guards=tuple(f"{'ok' if g.ok else 'FAILED'} {g.name}: {g.message}" for g in guards),
             notes=tuple(cell.notes),

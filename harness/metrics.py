@@ -23,6 +23,7 @@ __all__ = [
     "sample_metrics",
     "MARKERS",
     "marker_score",
+    "MARKER_SCORE_MAX",
     "marker_rate",
     "echo_rate",
     "distinct_2",
@@ -46,6 +47,8 @@ MARKERS: tuple[str, ...] = (
 _BONUS = 5
 _BONUS_MIN_WORDS = 10
 _BONUS_DISTINCT_SHARE = 0.6
+#: The largest marker_score: every marker once plus the repetition bonus.
+MARKER_SCORE_MAX = len(MARKERS) + _BONUS
 
 # One pattern per marker for the word-bounded rate: a multi-word marker's space matches any
 # run of whitespace, so "fixed\npoint" still counts once.
@@ -253,25 +256,29 @@ class Metric:
     (``floor``) for which an efficiency on it is defined.
 
     ``per_sample`` maps (generated text, champion prompt) to a number; a metric without
-    it is computed from the model per pair (teacher-forced), by the runner.
+    it is computed from the model per pair (teacher-forced), by the runner. ``bounds``:
+    (low, high) every per-pair mean lies within, which the verdict's error guarantee rests on
+    (harness/bounded.py); None for a metric without known bounds (decided by the t interval,
+    outside the guarantee).
     """
 
     name: str
     floor: float
     description: str
     per_sample: Callable[[str, str], float] | None = None
+    bounds: tuple[float, float] | None = None
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("marker_score", 1.0, "the original's score: distinct markers found as substrings, plus 5 when "
            "fewer than 60% of the words are distinct (rewards repetition)",
-           lambda text, champion: float(marker_score(text))),
+           lambda text, champion: float(marker_score(text)), (0.0, float(MARKER_SCORE_MAX))),
     Metric("marker_rate", 0.05, "word-bounded marker occurrences per generated word, no repetition bonus",
-           lambda text, champion: marker_rate(text)),
+           lambda text, champion: marker_rate(text), (0.0, 1.0)),
     Metric("distinct_2", 0.05, "distinct word bigrams / all bigrams (1: no repetition)",
-           lambda text, champion: distinct_2(text)),
+           lambda text, champion: distinct_2(text), (0.0, 1.0)),
     Metric("echo_rate", 0.05, "share of the text's word 4-grams copied from the champion prompt",
-           lambda text, champion: echo_rate(text, champion)),
+           lambda text, champion: echo_rate(text, champion), (0.0, 1.0)),
     Metric("champion_logprob", 0.1, "mean log-probability per token, teacher-forced under the arm, of the "
            "champion's own greedy continuation (model-based: no text heuristics)"),
 )}
