@@ -348,3 +348,9 @@ def decide(
     span = (f"estimate {interval.estimate:.4g}, {_pct(interval.level)} interval "
             f"[{interval.low:.4g}, {interval.high:.4g}] over {n} pairs")
     return Decision(verdict, f"{span}: {text}", flags)
+
+
+if __name__ == "__main__":  # python -m harness.stats study ...: the study lives in its own module
+    from harness.study import main
+
+    raise SystemExit(main())
