@@ -41,7 +41,8 @@ from harness.metrics import METRICS, efficiency, r_v, sample_metrics
 from harness.records import ArmResult, Intervention, Protocol
 from harness.report.schema import ClaimRow, SampleRow
 from harness.sites import Site
-from harness.guards import GuardResult, guard_arms_differ, guard_gap_floor, guard_patch_changed
+from harness.guards import (GuardResult, guard_arms_differ, guard_gap_floor, guard_kv_changed,
+                            guard_patch_changed)
 from harness.stats import decide, family_level, mean_interval
 from harness.verdict import judge
 
@@ -260,6 +261,7 @@ class Evaluator:
         for arm in claim.measure.arms:
             runs = cell.results(arm)
             guards += _patch_guards(runs)
+            guards += _identity_guards(arm, runs)
             guards.append(guard_degeneration(arm.name, cell.pooled(arm, "distinct_2"), d2["baseline"],
                                              d2["champion"]))
             guards.append(guard_echo(arm.name, cell.pooled(arm, "echo_rate"), echo_champion))
@@ -336,6 +338,20 @@ def _patch_guards(runs: Mapping[str, ArmResult]) -> list[GuardResult]:
             slot[c.phase] = slot.get(c.phase, 0) + c.changed
     return [guard_patch_changed(changed, declared, site=f"{site}(L{layer})")
             for (site, layer), changed in totals.items()]
+
+
+def _identity_guards(arm: Intervention, runs: Mapping[str, ArmResult]) -> list[GuardResult]:
+    """An arm that is a reference arm's own computation compares a thing with itself (it cannot
+    fail); a KV splice must have changed the cache."""
+    guards = []
+    same = sorted({r.same_as for r in runs.values() if r.same_as})
+    if same:
+        guards.append(GuardResult(f"self_comparison[{arm.name}]", False,
+                                  f"{arm.name} is the {same[0]} arm's own computation under this protocol: "
+                                  "the cell compares it with itself"))
+    if arm.kv_layers:
+        guards.append(guard_kv_changed(arm.name, {pid: r.kv_changed for pid, r in runs.items()}))
+    return guards
 
 
 def _layers_text(layers: Sequence[int], n_layers: int) -> str:

@@ -150,3 +150,18 @@ def test_minimal_kv_set_searches_on_half_and_confirms_on_the_other(evaluator):
     held_out = {p.id for p in pairs[1::2]}
     found = [s for s in evaluation.samples if s.arm.startswith("kv@") and s.arm != "kv-only"]
     assert {s.pair for s in found} <= held_out
+
+
+def test_an_arm_that_is_the_baselines_own_computation_makes_the_cell_invalid(evaluator, pairs):
+    from tiny import NOTHING
+
+    claim = Claim("k", "s", SOURCE, Efficiency(NOTHING), threshold=0.2, direction="below")
+    row = run(evaluator, claim, pairs, CORRECTED).row
+    assert row.verdict == "invalid" and "self_comparison" in row.reason
+
+
+def test_a_kv_arm_reports_the_values_its_splice_changed(evaluator, pairs):
+    claim = Claim("k", "s", SOURCE, Efficiency(KV_ONLY), threshold=0.2, direction="below")
+    row = run(evaluator, claim, pairs, CORRECTED).row
+    kv = [g for g in row.guards if "kv_changed[kv-only]" in g]
+    assert len(kv) == 1 and kv[0].startswith("ok ")

@@ -73,6 +73,14 @@ def test_corrected_self_splice_of_all_layers_equals_the_baseline_arm(runner, pai
         runner.run(same, "baseline", short(CORRECTED), seeds).tokens
 
 
+@pytest.mark.parametrize("protocol", [CORRECTED, ORIGINAL], ids=lambda p: p.name)
+def test_a_self_splice_changes_no_kv_value_and_a_real_one_does(runner, pair, protocol):
+    same = Pair("same", pair.baseline, pair.baseline)
+    assert runner.run(same, KV_ONLY, short(protocol), (1,)).kv_changed == 0
+    assert runner.run(pair, KV_ONLY, short(protocol), (1,)).kv_changed > 0
+    assert runner.run(pair, "baseline", short(protocol), (1,)).kv_changed == -1  # no splice
+
+
 def test_greedy_protocol_is_deterministic_across_seeds(runner, pair):
     greedy = short(CORRECTED).with_(greedy=True)
     result = runner.run(pair, "baseline", greedy, (0, 1, 2))
