@@ -74,7 +74,7 @@ class _Cell:
 
     def results(self, arm: str | Intervention) -> dict[str, ArmResult]:
         """The arm on every pair, in one batched call (memoised by the runner)."""
-        seeds = {p.id: p.seeds(self.n_seeds) for p in self.pairs}
+        seeds = {p.id: p.seeds(self.n_seeds, self.ev.seed_offset) for p in self.pairs}
         out = {}
         for pair, res in zip(self.pairs, self.ev.runner.run_many(self.pairs, arm, self.protocol, seeds)):
             out[pair.id] = res
@@ -171,9 +171,11 @@ class _Cell:
 class Evaluator:
     """Evaluates claims on one runner; memoises each sample's metrics."""
 
-    def __init__(self, runner: Any, alpha: float = 0.05) -> None:
+    def __init__(self, runner: Any, alpha: float = 0.05, seed_offset: int = 0) -> None:
         self.runner = runner
         self.alpha = alpha
+        #: Which seed set every pair samples with (``--seed-offset``; 0: the default set).
+        self.seed_offset = seed_offset
         self.geometry = Geometry(runner)
         self._metrics: dict[tuple, tuple[dict[str, float | None], ...]] = {}
         self._rv: dict[tuple, float] = {}

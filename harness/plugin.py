@@ -62,6 +62,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--max-batch", type=int, default=None, metavar="N",
                     help="at most N rows (pairs x seeds) per generate call (default: from free GPU memory; "
                          "512 on the CPU)")
+    group.addoption("--seed-offset", type=int, default=0, metavar="K",
+                    help="draw seed set K of every pair instead of the default set 0 (another sample of the "
+                         "same claims: a seed-sensitivity check; recorded in the report and the ledger key)")
     group.addoption("--allow-long", action="store_true", default=False,
                     help="allow --gen-tokens above 1024 (every arm, pair and seed pays for it)")
     parser.addini("harness_progress_after", type="string", default="",
@@ -94,8 +97,15 @@ def read_options(config: pytest.Config) -> Any:
         ledger=Path(opt("ledger")) if opt("ledger") else config.rootpath / "claims" / "ledger.toml",
         shard=opt("shard"), allow_pickle=opt("allow_pickle"),
         trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
-        max_batch=_positive(config, "max_batch"),
+        max_batch=_positive(config, "max_batch"), seed_offset=_offset(config),
     )
+
+
+def _offset(config: pytest.Config) -> int:
+    value = config.getoption("seed_offset")
+    if value < 0:
+        raise pytest.UsageError(f"--seed-offset {value}: expected a whole number >= 0 (0 is the default seed set)")
+    return value
 
 
 class HarnessSession:
@@ -164,7 +174,8 @@ class HarnessSession:
             from harness.evaluate import Evaluator
             from harness.generate import Runner
 
-            self._evaluator = Evaluator(Runner(self.subject(), max_batch=self.options.max_batch))
+            self._evaluator = Evaluator(Runner(self.subject(), max_batch=self.options.max_batch),
+                                        seed_offset=self.options.seed_offset)
         return self._evaluator
 
     def ledger(self) -> Any:
@@ -200,7 +211,7 @@ class HarnessSession:
             self._settings = describe_settings({
                 "pairs": len(self.pairs()), "seeds": o.seeds, "tokens": o.gen_tokens, "dtype": o.dtype,
                 "prompts": file_hash(o.prompts or DEFAULT_PROMPTS)[:12], "rule": RULE_VERSION,
-                "family": self.family_size,
+                "family": self.family_size, "seed_offset": o.seed_offset,
             })
         return self._settings
 
@@ -219,6 +230,7 @@ class HarnessSession:
             "n_layers": subject.n_layers, "device": subject.device, "dtype": subject.dtype,
             "torch": torch.__version__, "transformers": transformers.__version__,
             "pairs": len(self.pairs()), "pair_ids": [p.id for p in self.pairs()], "seeds_per_pair": o.seeds,
+            "seed_offset": o.seed_offset,
             "gen_tokens": o.gen_tokens, "prompts": str(o.prompts or "bundled toy bank"),
             "profile": o.profile, "settings": self.settings(), "family_size": self.family_size,
             "protocols": {name: dataclasses.asdict(self.protocol(name)) for name in PROTOCOLS},

@@ -45,6 +45,7 @@ class RunOptions:
     allow_long: bool = False
     max_batch: int | None = None
     window: int = 16
+    seed_offset: int = 0
 
     @property
     def seed_list(self) -> tuple[int, ...]:

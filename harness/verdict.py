@@ -20,10 +20,10 @@ from harness.guards import GuardResult
 from harness.metrics import METRICS
 from harness.stats import Decision, Interval, decide, mean_interval, min_detectable_effect
 
-__all__ = ["OUTSIDE_GUARANTEE", "ratio_data", "judge"]
+__all__ = ["FLAG_NO_GUARANTEE", "ratio_data", "judge"]
 
-#: Appended to the reason of a verdict the bounded rule does not cover.
-OUTSIDE_GUARANTEE = "t interval: outside the error guarantee (no known bounds for this measure)"
+#: The flag of a verdict the bounded rule does not cover (a t interval: no error guarantee).
+FLAG_NO_GUARANTEE = "no_guarantee"
 
 
 def ratio_data(claim: Claim, cell: Any, metric: str) -> RatioData | None:
@@ -65,7 +65,7 @@ def judge(claim: Claim, cell: Any, metric: str, values: Mapping[str, float], thr
     if data is None:
         interval = mean_interval(values, level)
         decision = decide(interval, threshold, claim.direction, guards)
-        decision = Decision(decision.verdict, f"{decision.reason} ({OUTSIDE_GUARANTEE})", decision.flags)
+        decision = Decision(decision.verdict, decision.reason, (*decision.flags, FLAG_NO_GUARANTEE))
         return interval, decision, min_detectable_effect(values, level)
     try:
         interval, decision = decide_ratio(data, threshold, claim.direction, level, guards)
