@@ -165,3 +165,34 @@ def test_a_kv_arm_reports_the_values_its_splice_changed(evaluator, pairs):
     row = run(evaluator, claim, pairs, CORRECTED).row
     kv = [g for g in row.guards if "kv_changed[kv-only]" in g]
     assert len(kv) == 1 and kv[0].startswith("ok ")
+
+
+def test_an_rv_difference_is_late_over_early_pr_of_the_champion_minus_the_baseline(evaluator, pairs):
+    claim = Claim("k", "s", SOURCE, RvDifference(late=27, early=5), threshold=0.0, direction="above")
+    row = run(evaluator, claim, pairs, CORRECTED).row
+
+    def rv(text):  # independently: the PR profile of V per layer (harness/geometry.py)
+        profile = evaluator.geometry.pr_profile(text)
+        return profile[27] / profile[5]
+
+    expected = np.mean([rv(p.champion) - rv(p.baseline) for p in pairs])
+    assert row.estimate == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_geometry_floor_applies_to_the_size_of_the_gap_not_its_sign():
+    from harness.evaluate import GEOMETRY_FLOOR, _Cell
+
+    class Fixed(_Cell):
+        def __init__(self, rv):
+            self.rv, self.rv_gaps = rv, {}
+
+        def sequence_rv(self, arm, late, early):
+            return self.rv[arm if isinstance(arm, str) else "arm"]
+
+    cell = Fixed({"baseline": {"p": 2.0, "q": 1.0, "r": 1.0}, "champion": {"p": 1.0, "q": 1.0 + GEOMETRY_FLOOR / 2,
+                                                                            "r": 1.5},
+                  "arm": {"p": 1.5, "q": 1.0, "r": 1.25}})
+    out = cell.geometry_shift(Intervention("x", kv_layers="all"), 27, 5)
+    assert out["p"] == pytest.approx(0.5)  # a negative gap, larger than the floor: defined
+    assert math.isnan(out["q"])  # a gap under the floor: undefined
+    assert out["r"] == pytest.approx(0.5)

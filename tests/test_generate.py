@@ -187,3 +187,16 @@ def test_scores_batched_over_pairs_equal_each_pair_scored_alone(protocol, arm):
         single = alone.continuation_logprob(pair, arm, short(protocol, 8),
                                             alone.champion_continuation(pair, short(protocol, 8)))
         assert abs(value - single) < 1e-4, pair.id
+
+
+@pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED], ids=lambda p: p.name)
+def test_reference_arms_sample_with_the_reference_top_k_and_interventions_with_theirs(runner, pair, protocol):
+    """top-k 1 is the argmax: every seed gives the same tokens. Set it on one side only and the
+    other side must still vary with the seed."""
+    seeds = tuple(range(6))
+    ref_greedy = short(protocol).with_(reference_top_k=1, top_k=None)
+    arm_greedy = short(protocol).with_(reference_top_k=None, top_k=1)
+    assert len(set(runner.run(pair, "baseline", ref_greedy, seeds).tokens)) == 1
+    assert len(set(runner.run(pair, KV_ONLY, ref_greedy, seeds).tokens)) > 1
+    assert len(set(runner.run(pair, KV_ONLY, arm_greedy, seeds).tokens)) == 1
+    assert len(set(runner.run(pair, "baseline", arm_greedy, seeds).tokens)) > 1

@@ -455,6 +455,7 @@ def test_decide_reason_shows_family_level_and_few_pairs_flag():
     assert d.flags == (FLAG_FEW_PAIRS,) and not d.degenerate
     assert decide(iv, 0.5, "above", min_pairs=12).flags == ()
     assert decide(_iv(0.6, 0.9, n=MIN_PAIRS), 0.5, "above").flags == ()
+    assert decide(_iv(0.6, 0.9, n=MIN_PAIRS - 1), 0.5, "above").flags == (FLAG_FEW_PAIRS,)  # the boundary
 
 
 def test_failed_guard_makes_invalid_even_when_supported():
