@@ -295,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         pop, source = load_pairs_file(args.pairs_file), str(args.pairs_file)
     else:
         pop, source = scenario(args.scenario), f"scenario {args.scenario}"
+    low, high = metric.bounds
+    if pop.min() < low or pop.max() > high:
+        raise HarnessValueError(f"{source}: values from {pop.min():.4g} to {pop.max():.4g} lie outside the bounds "
+                                f"[{low:g}, {high:g}] of --metric {args.metric}; pass the metric the file measures.")
     res = study(pop, n=args.n, family=args.family, runs=args.runs, bounds=metric.bounds, floor=metric.floor,
                 shift=args.shift, seed=args.seed, source=source)
     if args.json:

@@ -64,6 +64,9 @@ def test_the_command_prints_json_and_refuses_in_one_line(capsys):
     assert out["family"] == 3 and out["n"] == 6 and 0 < out["truth"] < 1
     assert main(["study", "--pairs-file", "/nonexistent.jsonl"]) == 2
     assert capsys.readouterr().err.startswith("error: --pairs-file")
+    scores = str(STUDY_DIR / "dec7-kv-about-80.original.jsonl")  # marker_score values, up to 26
+    assert main(["study", "--pairs-file", scores, "--runs", "1", "--metric", "marker_rate"]) == 2
+    assert "outside the bounds [0, 1] of --metric marker_rate" in capsys.readouterr().err
 
 
 def test_python_dash_m_harness_stats_runs_the_study():
