@@ -76,6 +76,7 @@ def _protocol_words(provenance: Mapping[str, Any]) -> list[str]:
 def _interval_words(rows: Sequence[ClaimRow]) -> str:
     levels = sorted({r.level for r in rows if math.isfinite(r.level)})
     families = sorted({r.family_size for r in rows if r.family_size})
+    methods = " / ".join(sorted({r.interval_method for r in rows if r.interval_method})) or "not recorded"
     level = " and ".join(f"{100 * x:.4g}%" for x in levels)
     if levels and families:
         family = " / ".join(map(str, families))
@@ -88,7 +89,7 @@ def _interval_words(rows: Sequence[ClaimRow]) -> str:
             "(Waudby-Smith and Ramdas): an efficiency is the ratio of mean gains over pairs, mean(arm − "
             "baseline) / mean(champion − baseline), and \"above t\" is shown when mean(arm − baseline − "
             "t (champion − baseline)) > 0 and the mean gap > 0 are both shown. The chance of any false "
-            "supported or refuted verdict among the family's cells is at most 5%, whatever the distribution "
+            "supported or refuted verdict among the family's cells is at most 5% (Bonferroni), whatever the distribution "
             "of the per-pair values (skewed, mostly zero) and whatever the dependence between cells, under "
             "two assumptions: the metric stays within its declared bounds (below), and the pairs are "
             "independent draws from one population of pairs (exchangeable), the seeds averaged within a "
@@ -96,8 +97,8 @@ def _interval_words(rows: Sequence[ClaimRow]) -> str:
             "`no_guarantee` (a geometry shift, a minimal KV set: no known bounds) and the `champion_logprob` "
             "columns use a Student t interval on per-pair values, with no such promise. "
             "The price of the guarantee is pairs: few pairs decide only large effects. For inconclusive "
-            "cells the MDE is the interval's half-width. Details and measured error rates: "
-            "`docs/statistics.md`.")
+            f"cells the MDE is the interval's half-width. Interval methods in this run: {methods}. Details "
+            "and measured error rates: `docs/statistics.md`.")
 
 
 def _seed_words(provenance: Mapping[str, Any]) -> list[str]:
