@@ -35,7 +35,7 @@ from harness.guards import GuardResult
 from harness.stats import Decision, Interval, Verdict, _bounds, _finite_threshold, _pct
 
 __all__ = ["BETTING_METHOD", "RatioData", "linear_bounds", "reject_above", "reject_below",
-           "ratio_interval", "decide_ratio", "efficiency_data", "contrast_data", "mean_data"]
+           "ratio_interval", "decide_ratio", "efficiency_data", "contrast_data", "kv_set_data", "mean_data"]
 
 BETTING_METHOD = "betting test of a ratio of bounded means"
 _BISECT_STEPS = 40
@@ -192,6 +192,15 @@ def contrast_data(arm: dict[str, float], versus: dict[str, float], baseline: dic
     """E[arm - versus] / E[champion - baseline]: the difference of the two arms' efficiencies."""
     lo, hi = bounds
     return RatioData(_rows([arm, versus, baseline, champion]), (1.0, -1.0, 0.0, 0.0),
+                     (0.0, 0.0, -1.0, 1.0), (lo,) * 4, (hi,) * 4)
+
+
+def kv_set_data(kv_set: dict[str, float], full: dict[str, float], baseline: dict[str, float],
+                champion: dict[str, float], share: float, bounds: tuple[float, float]) -> RatioData:
+    """(E[set - baseline] - share E[full - baseline]) / E[champion - baseline]: the minimal KV
+    set's efficiency minus ``share`` times full KV's, as a ratio of means."""
+    lo, hi = bounds
+    return RatioData(_rows([kv_set, full, baseline, champion]), (1.0, -share, share - 1.0, 0.0),
                      (0.0, 0.0, -1.0, 1.0), (lo,) * 4, (hi,) * 4)
 
 

@@ -71,6 +71,7 @@ class _Cell:
         self.notes: list[str] = []
         self.found_layers: tuple[int, ...] | None = None
         self.rv_gaps: dict[str, float] = {}
+        self.kv_set_parts: tuple[Any, ...] | None = None  # (held-out cell, set arm, full arm)
 
     def results(self, arm: str | Intervention) -> dict[str, ArmResult]:
         """The arm on every pair, in one batched call (memoised by the runner)."""
@@ -158,6 +159,7 @@ class _Cell:
         self.notes.append(f"set found: {found.name} ({len(found.kv_layers)} of 32 layers); confirmed on "
                           f"{len(confirm.pairs)} other pairs")
         eff_set, eff_full = confirm.efficiencies(found, metric), confirm.efficiencies(full, metric)
+        self.kv_set_parts = (confirm, found, full)  # for the bounded rule (harness/verdict.py)
         self.used.update(confirm.used)  # the search's candidates are in the notes, not the samples
         return {pid: eff_set[pid] - share * eff_full[pid] for pid in eff_set
                 if not (math.isnan(eff_set[pid]) or math.isnan(eff_full[pid]))}

@@ -1,10 +1,10 @@
 """One cell's interval and verdict: the bounded betting rule where the measure allows it.
 
-Efficiency and contrast claims on a metric with known bounds, and the prompt-pass R_V and PR
-differences (bounded by the window), are decided by :mod:`harness.bounded`: the error
-guarantee holds for any distribution of the per-pair values within the bounds. Other measures
-(a geometry shift, a minimal KV set) and unbounded metrics keep the Student t interval on the
-per-pair values, and their verdicts say they are outside the guarantee.
+Efficiency, contrast and minimal-KV-set claims on a metric with known bounds, and the
+prompt-pass R_V and PR differences (bounded by the window), are decided by
+:mod:`harness.bounded`: the error guarantee holds for any distribution of the per-pair values
+within the bounds. A geometry shift (per-pair ratios of R_V gaps) and unbounded metrics keep
+the Student t interval on the per-pair values, flagged ``no_guarantee``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.bounded import RatioData, contrast_data, decide_ratio, efficiency_data, mean_data
-from harness.claims import Claim, Contrast, Efficiency, PrDifference, RvDifference
+from harness.bounded import RatioData, contrast_data, decide_ratio, efficiency_data, kv_set_data, mean_data
+from harness.claims import Claim, Contrast, Efficiency, MinimalKvSet, PrDifference, RvDifference
 from harness.errors import HarnessValueError
 from harness.guards import GuardResult
 from harness.metrics import METRICS
@@ -40,6 +40,11 @@ def ratio_data(claim: Claim, cell: Any, metric: str) -> RatioData | None:
             return efficiency_data(cell.metric_by_pair(measure.arm, metric), *ref, bounds)
         return contrast_data(cell.metric_by_pair(measure.arm, metric),
                              cell.metric_by_pair(measure.versus, metric), *ref, bounds)
+    parts = getattr(cell, "kv_set_parts", None)  # set by the cell's minimal_kv_set
+    if isinstance(measure, MinimalKvSet) and bounds is not None and parts is not None:
+        confirm, found, full = parts  # judged on the held-out pairs only
+        return kv_set_data(*(confirm.metric_by_pair(a, metric) for a in (found, full, "baseline", "champion")),
+                           measure.share, bounds)
     # PR of a (window x d) matrix lies in [1, window], so R_V in [1/window, window]
     window = float(cell.protocol.window)
     if isinstance(measure, RvDifference):

@@ -13,6 +13,7 @@ from harness.bounded import (
     contrast_data,
     decide_ratio,
     efficiency_data,
+    kv_set_data,
     linear_bounds,
     mean_data,
     ratio_interval,
@@ -139,3 +140,36 @@ def test_no_efficiency_is_shown_without_a_gap_shown_positive():
     data = efficiency_data(*_pairs(np.full(n, 0.9), np.zeros(n), np.zeros(n)), (0, 1))
     assert not reject_above(data, 0.5, 0.01) and not reject_below(data, 0.5, 0.01)
     assert decide_ratio(data, 0.5, "above", 0.99)[1].verdict == "inconclusive"
+
+
+def test_a_minimal_kv_set_is_its_efficiency_minus_share_times_full_kv_as_a_ratio_of_means():
+    kv_set, full, base, champ = [0.5, 0.2], [0.8, 0.4], [0.1, 0.0], [0.9, 0.5]
+    data = kv_set_data(*_pairs(kv_set, full, base), _pairs(champ, champ, champ)[0], 0.8, (0, 1))
+    gain_set, gain_full, gap = (0.4 + 0.2) / 2, (0.7 + 0.4) / 2, (0.8 + 0.5) / 2
+    assert data.estimate() == pytest.approx((gain_set - 0.8 * gain_full) / gap)
+
+
+def test_the_verdict_module_routes_each_measure_to_its_rule():
+    from types import SimpleNamespace
+
+    from harness.claims import Claim, Efficiency, GeometryShift, MinimalKvSet, Source
+    from harness.records import Intervention
+    from harness.verdict import ratio_data
+
+    arm = Intervention("kv-only", kv_layers="all")
+    values = {"kv-only": {"a": 0.3, "b": 0.5}, "baseline": {"a": 0.0, "b": 0.1}, "champion": {"a": 0.4, "b": 0.6},
+              "set": {"a": 0.2, "b": 0.3}}
+    name = lambda a: a if isinstance(a, str) else ("set" if a.name == "set" else a.name)  # noqa: E731
+    confirm = SimpleNamespace(metric_by_pair=lambda a, m: values[name(a)])
+    cell = SimpleNamespace(metric_by_pair=confirm.metric_by_pair, protocol=SimpleNamespace(window=16),
+                           kv_set_parts=(confirm, Intervention("set", kv_layers=(1,)), arm))
+
+    def claim(measure):
+        return Claim("c", "s", Source("f", "q"), measure, threshold=0.0, direction="above")
+
+    eff = ratio_data(claim(Efficiency(arm)), cell, "marker_rate")
+    assert eff.estimate() == pytest.approx((0.3 + 0.4) / (0.4 + 0.5))
+    kv = ratio_data(claim(MinimalKvSet(share=0.8, block=4)), cell, "marker_rate")
+    assert kv.estimate() == pytest.approx(((0.2 + 0.2) - 0.8 * (0.3 + 0.4)) / (0.4 + 0.5))
+    assert ratio_data(claim(GeometryShift(arm)), cell, "marker_rate") is None  # t, no guarantee
+    assert ratio_data(claim(Efficiency(arm, metric="champion_logprob")), cell, "champion_logprob") is None
