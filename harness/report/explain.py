@@ -94,7 +94,7 @@ def _interval_words(rows: Sequence[ClaimRow]) -> str:
             "two assumptions: the metric stays within its declared bounds (below), and the pairs are "
             "independent draws from one population of pairs (exchangeable), the seeds averaged within a "
             "pair. The interval is the set of values neither one-sided test rejects. Cells flagged "
-            "`no_guarantee` (a geometry shift, a minimal KV set: no known bounds) and the `champion_logprob` "
+            "`no_guarantee` (a geometry shift: no known bounds) and the `champion_logprob` "
             "columns use a Student t interval on per-pair values, with no such promise. "
             "The price of the guarantee is pairs: few pairs decide only large effects. For inconclusive "
             f"cells the MDE is the interval's half-width. Interval methods in this run: {methods}. Details "
