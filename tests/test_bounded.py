@@ -173,3 +173,19 @@ def test_the_verdict_module_routes_each_measure_to_its_rule():
     assert kv.estimate() == pytest.approx(((0.2 + 0.2) - 0.8 * (0.3 + 0.4)) / (0.4 + 0.5))
     assert ratio_data(claim(GeometryShift(arm)), cell, "marker_rate") is None  # t, no guarantee
     assert ratio_data(claim(Efficiency(arm, metric="champion_logprob")), cell, "champion_logprob") is None
+
+
+def test_a_pair_mean_outside_the_metrics_bounds_makes_the_cell_invalid():
+    from types import SimpleNamespace
+
+    from harness.claims import Claim, Efficiency, Source
+    from harness.records import Intervention
+    from harness.verdict import judge
+
+    arm = Intervention("kv-only", kv_layers="all")
+    values = {"kv-only": {"a": 0.3, "b": 1.4}, "baseline": {"a": 0.0, "b": 0.1}, "champion": {"a": 0.4, "b": 0.6}}
+    cell = SimpleNamespace(metric_by_pair=lambda a, m: values[a if isinstance(a, str) else a.name],
+                           protocol=SimpleNamespace(window=16))
+    claim = Claim("c", "s", Source("f", "q"), Efficiency(arm), threshold=0.0, direction="above")
+    _, decision, _ = judge(claim, cell, "marker_rate", {}, 0.0, 0.95, [])
+    assert decision.verdict == "invalid" and decision.reason.startswith("bounds: values outside")
