@@ -21,6 +21,7 @@ from harness.records import Intervention
 SEED_FILE = "seeds/000_83d9e96518e33c6a.txt"
 
 __all__ = [
+    "MARKER_SCORE_MAX",
     "SEED_FILE", "FINDING", "MARKERS", "marker_score", "marker_rate",
     "KV_ONLY", "L27_V", "RELAY", "SINGLE_LAYER_KV", "V_WITHOUT_KV", "RESID_WITHOUT_KV",
     "WRONG_LAYER_V", "RANDOM_SOURCE_V", "NOTHING", "kv_prefix", "kv_suffix",
@@ -39,6 +40,8 @@ MARKERS: tuple[str, ...] = (
 _BONUS = 5
 _BONUS_MIN_WORDS = 10
 _BONUS_DISTINCT_SHARE = 0.6
+#: The largest marker_score: every marker once plus the repetition bonus.
+MARKER_SCORE_MAX = len(MARKERS) + _BONUS
 
 # One pattern per marker for the word-bounded rate: a multi-word marker's space matches any
 # run of whitespace, so "fixed\npoint" still counts once.
@@ -118,9 +121,9 @@ FINDING = Finding(
     metrics=(
         Metric("marker_score", 1.0, "the original's score: distinct markers found as substrings, plus 5 when "
                "fewer than 60% of the words are distinct (rewards repetition)",
-               lambda text, champion: float(marker_score(text))),
+               lambda text, champion: float(marker_score(text)), (0.0, float(MARKER_SCORE_MAX))),
         Metric("marker_rate", 0.05, "word-bounded marker occurrences per generated word, no repetition bonus",
-               lambda text, champion: marker_rate(text)),
+               lambda text, champion: marker_rate(text), (0.0, 1.0)),
     ),
     # The original scripts judged on their own score; the corrected protocol on the rate.
     protocol_metrics={"original": "marker_score", "corrected": "marker_rate"},

@@ -32,7 +32,14 @@ CONTROLS = [
 ]
 
 
-@pytest.mark.parametrize("protocol", ["original", "corrected"])
-@pytest.mark.parametrize("claim", CONTROLS, ids=lambda c: c.id)
+# Under `corrected` the loop with no intervention is the baseline arm's own computation: that
+# cell would compare the baseline with itself and could not fail, so it is not a claim (the
+# machinery test tests/test_generate.py checks the identity; the evaluator refuses such a cell).
+CELLS = [pytest.param(claim, protocol, id=f"{claim.id}-{protocol}")
+         for protocol in ("original", "corrected") for claim in CONTROLS
+         if not (claim.id == "decoding-loop-alone-transfers-nothing" and protocol == "corrected")]
+
+
+@pytest.mark.parametrize(("claim", "protocol"), CELLS)
 def test_control(verify, claim, protocol):
     verify(claim, protocol)

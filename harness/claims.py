@@ -37,7 +37,7 @@ __all__ = ["Source", "Claim", "Efficiency", "Contrast", "Interaction", "RvDiffer
 
 #: The verdict rule's version: recorded with every ledger entry, bumped whenever a change
 #: to metrics, intervals, guards or the decision could move a verdict.
-RULE_VERSION = 2
+RULE_VERSION = 3
 DIRECTIONS = ("above", "below", "within")
 #: The protocol name of a protocol-independent claim cell.
 ANY_PROTOCOL = "any"

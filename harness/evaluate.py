@@ -43,8 +43,10 @@ from harness.metrics import Metric, efficiency, r_v, sample_metrics
 from harness.records import ArmResult, Intervention, Protocol
 from harness.report.schema import ClaimRow, SampleRow
 from harness.sites import Site, parse_site
-from harness.guards import GuardResult, guard_arms_differ, guard_gap_floor, guard_patch_changed
-from harness.stats import decide, family_level, mean_interval, min_detectable_effect
+from harness.guards import (GuardResult, guard_arms_differ, guard_gap_floor, guard_kv_changed,
+                            guard_patch_changed)
+from harness.stats import decide, family_level, mean_interval
+from harness.verdict import judge
 
 __all__ = ["Evaluation", "Evaluator", "MODEL_METRIC"]
 
@@ -71,10 +73,11 @@ class _Cell:
         self.notes: list[str] = []
         self.found_layers: tuple[int, ...] | None = None
         self.rv_gaps: dict[str, float] = {}
+        self.kv_set_parts: tuple[Any, ...] | None = None  # (held-out cell, set arm, full arm)
 
     def results(self, arm: str | Intervention) -> dict[str, ArmResult]:
         """The arm on every pair, in one batched call (memoised by the runner)."""
-        seeds = {p.id: p.seeds(self.n_seeds) for p in self.pairs}
+        seeds = {p.id: p.seeds(self.n_seeds, self.ev.seed_offset) for p in self.pairs}
         out = {}
         for pair, res in zip(self.pairs, self.ev.runner.run_many(self.pairs, arm, self.protocol, seeds)):
             out[pair.id] = res
@@ -161,6 +164,7 @@ class _Cell:
         self.notes.append(f"set found: {found.name} ({len(found.kv_layers)} of 32 layers); confirmed on "
                           f"{len(confirm.pairs)} other pairs")
         eff_set, eff_full = confirm.efficiencies(found, metric), confirm.efficiencies(full, metric)
+        self.kv_set_parts = (confirm, found, full)  # for the bounded rule (harness/verdict.py)
         self.used.update(confirm.used)  # the search's candidates are in the notes, not the samples
         return {pid: eff_set[pid] - share * eff_full[pid] for pid in eff_set
                 if not (math.isnan(eff_set[pid]) or math.isnan(eff_full[pid]))}
@@ -174,12 +178,14 @@ class _Cell:
 class Evaluator:
     """Evaluates claims on one runner; memoises each sample's metrics."""
 
-    def __init__(self, runner: Any, alpha: float = 0.05, finding: Finding = GENERIC) -> None:
+    def __init__(self, runner: Any, alpha: float = 0.05, finding: Finding = GENERIC, seed_offset: int = 0) -> None:
         self.runner = runner
         self.alpha = alpha
         #: The finding whose metrics the samples get and whose choice of metric claims are judged on.
         self.finding = finding
         self.table: dict[str, Metric] = finding.metric_table()
+        #: Which seed set every pair samples with (``--seed-offset``; 0: the default set).
+        self.seed_offset = seed_offset
         self.geometry = Geometry(runner)
         self._metrics: dict[tuple, tuple[dict[str, float | None], ...]] = {}
         self._rv: dict[tuple, float] = {}
@@ -218,8 +224,7 @@ class Evaluator:
         self.metric(metric)
         values = claim.measure.per_pair(cell, metric)
         guards = self._guards(claim, cell, metric)
-        interval = mean_interval(values, level)
-        decision = decide(interval, _threshold(claim), claim.direction, guards)
+        interval, decision, mde = judge(claim, cell, metric, values, _threshold(claim), level, guards)
         measure = claim.measure
         text_metric = isinstance(measure, (Efficiency, Contrast, Interaction, MinimalKvSet))
         row = dict(
@@ -232,7 +237,7 @@ class Evaluator:
             n_seeds=n_seeds if claim.measure.arms else 0, threshold=float(claim.threshold),
             threshold_high=math.nan if claim.threshold_high is None else float(claim.threshold_high),
             direction=claim.direction, family_size=family_size,
-            mde=min_detectable_effect(values, level), flags=decision.flags, statement=claim.statement,
+            mde=mde, flags=decision.flags, statement=claim.statement,
             source_file=claim.source.file, source_quote=claim.source.quote,
             guards=tuple(f"{'ok' if g.ok else 'FAILED'} {g.name}: {g.message}" for g in guards),
             notes=tuple(cell.notes), finding=self.finding.name,
@@ -276,6 +281,7 @@ class Evaluator:
         for arm in claim.measure.arms:
             runs = cell.results(arm)
             guards += _patch_guards(runs)
+            guards += _identity_guards(arm, runs)
             guards.append(guard_degeneration(arm.name, cell.pooled(arm, "distinct_2"), d2["baseline"],
                                              d2["champion"]))
             guards.append(guard_echo(arm.name, cell.pooled(arm, "echo_rate"), echo_champion))
@@ -353,6 +359,20 @@ def _patch_guards(runs: Mapping[str, ArmResult]) -> list[GuardResult]:
             slot[c.phase] = slot.get(c.phase, 0) + c.changed
     return [guard_patch_changed(changed, declared, site=f"{site}(L{layer})")
             for (site, layer), changed in totals.items()]
+
+
+def _identity_guards(arm: Intervention, runs: Mapping[str, ArmResult]) -> list[GuardResult]:
+    """An arm that is a reference arm's own computation compares a thing with itself (it cannot
+    fail); a KV splice must have changed the cache."""
+    guards = []
+    same = sorted({r.same_as for r in runs.values() if r.same_as})
+    if same:
+        guards.append(GuardResult(f"self_comparison[{arm.name}]", False,
+                                  f"{arm.name} is the {same[0]} arm's own computation under this protocol: "
+                                  "the cell compares it with itself"))
+    if arm.kv_layers:
+        guards.append(guard_kv_changed(arm.name, {pid: r.kv_changed for pid, r in runs.items()}))
+    return guards
 
 
 def _layers_text(layers: Sequence[int], n_layers: int) -> str:

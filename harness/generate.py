@@ -57,7 +57,7 @@ from harness import progress
 from harness.compat import STATIC_GENERATE_KWARGS, static_cache
 from harness.edits import EditGroup, EditSpec, edit_specs, edit_vector, install_edits
 from harness.errors import HarnessLookupError, HarnessValueError
-from harness.kv import cache_kwarg, check_rope_switch, prefill, splice, stack_left_padded, unpad
+from harness.kv import cache_kwarg, changed_values, check_rope_switch, prefill, splice, stack_left_padded, unpad
 from harness.model import input_device
 from harness.patches import PatchCount, PatchSpec, RowGroup, install, norm_matched_random, record, source_site
 from harness.prompt_data import PromptData
@@ -168,7 +168,8 @@ class Runner(PromptData, Scoring):
             self._runs[keys[p.pair.id]] = ArmResult(
                 p.pair.id, name, protocol.name, p.seeds, tuple(tuple(r) for r in rows), texts,
                 patch_counts=counts, kv_layers=kv_layers,
-                declared_phases=protocol.patch_phases if specs or edit_specs(arm, protocol.patch_phases) else ())
+                declared_phases=protocol.patch_phases if specs or edit_specs(arm, protocol.patch_phases) else (),
+                kv_changed=p.kv_changed)
 
     def alignment(self, protocol: Protocol) -> str:
         """The splice alignment ``protocol`` uses on this subject: ``align``, or
@@ -240,21 +241,24 @@ class Runner(PromptData, Scoring):
         for i, pair in enumerate(pairs):
             counts = tuple(c for h in handles for c in h.group_counts(i) if c.phase == "prefill")
             target = unpad(batch, i, pads[i])
-            out.append(_Prepared(pair, seeds[pair.id], self.ids(pair.baseline), self._spliced(pair, target, arm, protocol),
-                                 prefixes[i].shape[1] + 1, sources[i], counts))
+            snap, changed = self._spliced(pair, target, arm, protocol)
+            out.append(_Prepared(pair, seeds[pair.id], self.ids(pair.baseline), snap,
+                                 prefixes[i].shape[1] + 1, sources[i], counts, changed))
         return out
 
-    def _spliced(self, pair: Any, target: Any, arm: Intervention, protocol: Protocol) -> Any:
-        """The arm's KV splice of the champion's clean cache into ``target`` (unchanged without one)."""
+    def _spliced(self, pair: Any, target: Any, arm: Intervention, protocol: Protocol) -> tuple[Any, int]:
+        """The arm's KV splice of the champion's clean cache into ``target`` (unchanged without
+        one), and the key and value elements it changed (-1 without a splice), for the guard."""
         kv_layers = arm.mapped_kv_layers(self.layout.n_layers)
         if not kv_layers:
-            return target
+            return target, -1
         # The corrected protocol splices like with like: both caches end before the last
         # prompt token, fed once next; the original splices whole caches.
         champion = self.cache(pair.champion, without_last=not protocol.refeed_last)
         keep_first = 1 if self.tokenizer.bos_token_id is not None else 0
-        return splice(target, champion, kv_layers, self.alignment(protocol), rotary_emb=self.layout.rope,
-                      keep_first=keep_first)
+        spliced = splice(target, champion, kv_layers, self.alignment(protocol), rotary_emb=self.layout.rope,
+                         keep_first=keep_first)
+        return spliced, changed_values(target, spliced)
 
     def _prepare(self, pair: Any, arm: str | Intervention, protocol: Protocol, seeds: tuple[int, ...],
                  continuation: tuple[int, ...] | None = None,
@@ -278,8 +282,8 @@ class Runner(PromptData, Scoring):
         # then the last prompt token is fed again.
         ids_b = self.ids(pair.baseline)
         ids = torch.cat([ids_b, ids_b[:, -1:]], dim=1)
-        return _Prepared(pair, seeds, ids, self._spliced(pair, self.cache(pair.baseline), arm, protocol),
-                         ids_b.shape[1], sources)
+        snap, changed = self._spliced(pair, self.cache(pair.baseline), arm, protocol)
+        return _Prepared(pair, seeds, ids, snap, ids_b.shape[1], sources, (), changed)
 
     def _stack(self, prepared: Sequence[_Prepared]) -> tuple[torch.Tensor, torch.Tensor, Any, list[int]]:
         """Left-padded ids and attention mask (rows, L), the stacked cache, each pair's padding."""

@@ -286,6 +286,20 @@ def splice(
     return KVSnapshot(keys=tuple(keys), values=tuple(values))
 
 
+def changed_values(before: KVSnapshot, after: KVSnapshot) -> int:
+    """Key and value elements ``after`` holds that differ from ``before`` beyond rounding.
+
+    Both snapshots have the same shapes (a splice keeps the target's). The tolerance is the
+    patches' (harness/patch_rows.py): a splice that writes what the target already held (a
+    prompt spliced into itself, or layers whose KV both prompts share) counts as no change.
+    """
+    total = 0
+    for old, new in zip((*before.keys, *before.values), (*after.keys, *after.values)):
+        tol = 1e-4 if old.dtype == torch.float32 else 1e-2
+        total += int((~torch.isclose(new.float(), old.float(), rtol=tol, atol=tol)).sum())
+    return total
+
+
 def stack_left_padded(snapshots: Sequence[KVSnapshot], repeats: Sequence[int], length: int) -> KVSnapshot:
     """One snapshot of many: batch-1 snapshot i repeated ``repeats[i]`` times, each left-padded
     with zeros to ``length`` slots (the padded slots are masked out by the attention mask).

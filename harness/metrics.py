@@ -194,20 +194,24 @@ class Metric:
     (``floor``) for which an efficiency on it is defined.
 
     ``per_sample`` maps (generated text, champion prompt) to a number; a metric without
-    it is computed from the model per pair (teacher-forced), by the runner.
+    it is computed from the model per pair (teacher-forced), by the runner. ``bounds``:
+    (low, high) every per-pair mean lies within, which the verdict's error guarantee rests on
+    (harness/bounded.py); None for a metric without known bounds (decided by the t interval,
+    outside the guarantee).
     """
 
     name: str
     floor: float
     description: str
     per_sample: Callable[[str, str], float] | None = None
+    bounds: tuple[float, float] | None = None
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("distinct_2", 0.05, "distinct word bigrams / all bigrams (1: no repetition)",
-           lambda text, champion: distinct_2(text)),
+           lambda text, champion: distinct_2(text), (0.0, 1.0)),
     Metric("echo_rate", 0.05, "share of the text's word 4-grams copied from the champion prompt",
-           lambda text, champion: echo_rate(text, champion)),
+           lambda text, champion: echo_rate(text, champion), (0.0, 1.0)),
     Metric("champion_logprob", 0.1, "mean log-probability per token, teacher-forced under the arm, of the "
            "champion's own greedy continuation (model-based: no text heuristics)"),
 )}

@@ -68,6 +68,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--max-batch", type=int, default=None, metavar="N",
                     help="at most N rows (pairs x seeds) per generate call (default: from free GPU memory; "
                          "512 on the CPU)")
+    group.addoption("--seed-offset", type=int, default=0, metavar="K",
+                    help="draw seed set K of every pair instead of the default set 0 (another sample of the "
+                         "same claims: a seed-sensitivity check; recorded in the report and the ledger key)")
     group.addoption("--allow-long", action="store_true", default=False,
                     help="allow --gen-tokens above 1024 (every arm, pair and seed pays for it)")
     parser.addini("harness_progress_after", type="string", default="",
@@ -100,9 +103,16 @@ def read_options(config: pytest.Config) -> Any:
         ledger=Path(opt("ledger")) if opt("ledger") else None,
         shard=opt("shard"), allow_pickle=opt("allow_pickle"),
         trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
-        max_batch=_positive(config, "max_batch"),
+        max_batch=_positive(config, "max_batch"), seed_offset=_offset(config),
         report_fresh=opt("report_fresh"), report_dir_named=bool(report_dir), ledger_strict=opt("ledger_strict"),
     )
+
+
+def _offset(config: pytest.Config) -> int:
+    value = config.getoption("seed_offset")
+    if value < 0:
+        raise pytest.UsageError(f"--seed-offset {value}: expected a whole number >= 0 (0 is the default seed set)")
+    return value
 
 
 class HarnessSession:
@@ -206,7 +216,8 @@ class HarnessSession:
 
             if self._runner is None:
                 self._runner = Runner(self.subject(), max_batch=self.options.max_batch)
-            self._evaluators[finding.name] = Evaluator(self._runner, finding=finding)
+            self._evaluators[finding.name] = Evaluator(self._runner, finding=finding,
+                                                      seed_offset=self.options.seed_offset)
         return self._evaluators[finding.name]
 
     def ledger(self, finding: Any = None) -> Any:
@@ -260,7 +271,7 @@ class HarnessSession:
             self._settings[finding.name] = describe_settings({
                 "pairs": len(self.pairs(finding)), "seeds": o.seeds, "tokens": o.gen_tokens, "dtype": o.dtype,
                 "prompts": file_hash(bank or DEFAULT_PROMPTS)[:12], "rule": RULE_VERSION,
-                "family": self.finding_family(finding),
+                "family": self.finding_family(finding), "seed_offset": o.seed_offset,
             })
         return self._settings[finding.name]
 
@@ -282,14 +293,14 @@ class HarnessSession:
             "device_map": device_map(subject.model),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "pairs": len(self.pairs(finding)), "pair_ids": [p.id for p in self.pairs(finding)],
-            "seeds_per_pair": o.seeds, "gen_tokens": o.gen_tokens,
+            "seeds_per_pair": o.seeds, "seed_offset": o.seed_offset, "gen_tokens": o.gen_tokens,
             "prompts": str(_shown_path(str(self.bank(finding))) if self.bank(finding) else "bundled toy bank"),
             "profile": o.profile, "settings": self.settings(finding), "family_size": self.finding_family(finding),
             "finding": (finding.name if finding else "generic"),
             "protocols": {name: {**dataclasses.asdict(self.protocol(name)),
                                  "metric": self.protocol(name).metric or (finding or GENERIC).metric_for(name)}
                           for name in PROTOCOLS},
-            "metrics": [{"name": m.name, "floor": m.floor, "description": m.description}
+            "metrics": [{"name": m.name, "floor": m.floor, "description": m.description, "bounds": m.bounds}
                         for m in (finding or GENERIC).metric_table().values()],
         }
 

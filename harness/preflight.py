@@ -48,6 +48,7 @@ class RunOptions:
     report_fresh: bool = False  # replace the run already in report_dir
     report_dir_named: bool = True  # False: the default reports/<time>, renamed when taken
     ledger_strict: bool = False  # settings without ledger entries: fail verdicts other than supported
+    seed_offset: int = 0
 
     @property
     def seed_list(self) -> tuple[int, ...]:

@@ -163,3 +163,5 @@ class ArmResult:
     declared_phases: tuple[str, ...] = field(default=())
     #: Another arm whose computation this is, run once for both (e.g. "baseline").
     same_as: str = ""
+    #: Key and value elements the KV splice changed in this pair's cache (-1: no splice).
+    kv_changed: int = -1

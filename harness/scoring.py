@@ -30,7 +30,8 @@ class Prepared:
 
     ``ids`` (1, L) continue from ``snapshot`` (covering all but the last id; None: start
     from the bare prompt). ``groups`` holds, per patch, the pair's source and its prompt
-    length; ``prefill_counts`` what the prefill patches did.
+    length; ``prefill_counts`` what the prefill patches did; ``kv_changed`` the key and
+    value elements the KV splice changed (-1: no splice).
     """
 
     pair: Any
@@ -40,6 +41,7 @@ class Prepared:
     prompt_len: int
     sources: dict[PatchSpec, tuple[torch.Tensor, int]]
     prefill_counts: tuple[PatchCount, ...] = ()
+    kv_changed: int = -1
 
 
 class Scoring:

@@ -326,8 +326,8 @@ def decide(
     pairs (a NaN interval) -> invalid. Otherwise supported when the whole interval is
     strictly on the claim's side, refuted when strictly on the other side, inconclusive
     when it straddles (an endpoint on the threshold straddles). A degenerate interval
-    (every pair gave the same value) keeps the verdict its point gives, says so in the
-    reason and carries the "zero_width" flag; fewer than ``min_pairs`` pairs adds "few_pairs".
+    (every pair gave the same value) is inconclusive, says what the point alone would give
+    and carries the "zero_width" flag; fewer than ``min_pairs`` pairs adds "few_pairs".
     """
     if direction not in _RULES:
         raise HarnessValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}.")
@@ -342,12 +342,20 @@ def decide(
                         f"no interval: {n} usable pair(s), at least 2 with a finite value are needed")
     flags = (FLAG_FEW_PAIRS,) if n < min_pairs else ()
     if interval.degenerate:
+        # Zero observed spread is no evidence of zero true spread: a t interval of no width
+        # justifies no decisive verdict (the bounded rule, harness/bounded.py, can, from bounds).
         est = interval.estimate
-        verdict, text = judge(est, est, threshold)
+        _, text = judge(est, est, threshold)
         reason = (f"every one of the {n} pairs gave exactly {est:.4g}: no spread, the interval "
-                  f"has no width, so the verdict rests on the point alone: {text}")
-        return Decision(verdict, reason, (FLAG_ZERO_WIDTH, *flags))
+                  f"has no width, which justifies no verdict (the point alone: {text})")
+        return Decision(Verdict.INCONCLUSIVE, reason, (FLAG_ZERO_WIDTH, *flags))
     verdict, text = judge(interval.low, interval.high, threshold)
     span = (f"estimate {interval.estimate:.4g}, {_pct(interval.level)} interval "
             f"[{interval.low:.4g}, {interval.high:.4g}] over {n} pairs")
     return Decision(verdict, f"{span}: {text}", flags)
+
+
+if __name__ == "__main__":  # python -m harness.stats study ...: the study lives in its own module
+    from harness.study import main
+
+    raise SystemExit(main())

@@ -16,10 +16,10 @@ def test_short_reasons_say_why_in_one_line():
     decided = _row(verdict="refuted", reason="estimate 1.013, 99.86% interval [0.96, 1.067] over 24 pairs: "
                                              "wholly outside [-0.2, 0.2]", guards=())
     assert short_reason(decided) == "interval wholly outside [-0.2, 0.2]"
-    flat = _row(verdict="supported", flags=("degenerate",), estimate=0.0, n_pairs=24, guards=(),
-                reason="every one of the 24 pairs gave exactly 0: no spread, ...: wholly below 0.2")
-    assert short_reason(flat) == "all 24 pairs gave 0: wholly below 0.2"  # a report written before the rename
-    assert short_reason(dataclasses.replace(flat, flags=("zero_width",))) == "all 24 pairs gave 0: wholly below 0.2"
+    flat = _row(verdict="inconclusive", flags=("degenerate",), estimate=0.0, n_pairs=24, guards=(),
+                reason="every one of the 24 pairs gave exactly 0: no spread, ... (the point alone: wholly below 0.2)")
+    assert short_reason(flat) == "all 24 pairs gave 0: no width, no verdict"
+    assert short_reason(dataclasses.replace(flat, flags=("zero_width",))) == "all 24 pairs gave 0: no width, no verdict"
     broken = _row(verdict="invalid", reason="long", guards=(
         "ok gap_floor: fine", "FAILED patch_changed[v_proj@27(L27)]: no values", "FAILED arms_differ[a vs b]: same",
         "FAILED patch_changed[v_proj@5(L5)]: no values"))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from tiny import KV_ONLY, L27_V, WRONG_LAYER_V, claims_finding
 
+from harness.bounded import BETTING_METHOD
 from harness.claims import Claim, Contrast, Efficiency, RvDifference, Source
 from harness.evaluate import Evaluator
 from harness.generate import Runner
@@ -37,7 +39,7 @@ def test_original_l27_claim_is_invalid_because_its_patch_never_wrote(evaluator, 
     row = run(evaluator, claim, pairs, ORIGINAL).row
     assert row.verdict == "invalid"
     assert "changed no values in phase(s): decode" in row.reason
-    assert "identical tokens for every seed" in row.reason
+    assert "0/8 rows (pair x seed) of 4 pairs differ" in row.reason
     assert row.calls_decode > 0 and row.changed_decode == 0
     assert row.kv_layers == "all(32)" and "v_proj@27->L27" in row.sites
 
@@ -91,7 +93,24 @@ def test_the_family_widens_the_interval(evaluator, pairs):
     claim = Claim("k", "s", SOURCE, Efficiency(L27_V), threshold=0.2, direction="below")
     one, many = run(evaluator, claim, pairs, CORRECTED).row, run(evaluator, claim, pairs, CORRECTED, family=30).row
     assert one.estimate == many.estimate
-    assert many.level > one.level and many.ci_high - many.ci_low > one.ci_high - one.ci_low
+    # a few pairs leave the bounded rule's interval unbounded; the strict widening on data
+    # that bound it is tests/test_bounded.py's
+    assert many.level > one.level and many.ci_low <= one.ci_low and many.ci_high >= one.ci_high
+    assert one.interval_method == many.interval_method == BETTING_METHOD
+
+
+def test_an_efficiency_estimate_is_the_ratio_of_the_arms_pair_means(evaluator, pairs):
+    """Hand-computed from the samples: mean(arm - baseline) / mean(champion - baseline) over pairs
+    of seed means; any permutation of the three arms gives another number on these data."""
+    claim = Claim("k", "s", SOURCE, Efficiency(L27_V), threshold=0.2, direction="below")
+    evaluation = run(evaluator, claim, pairs, CORRECTED)
+    by = {}
+    for s in evaluation.samples:
+        by.setdefault((s.arm, s.pair), []).append(s.metrics["marker_rate"])
+    ids = sorted({p for _, p in by})
+    m = {arm: np.array([np.mean(by[(arm, p)]) for p in ids]) for arm in ("baseline", "champion", L27_V.name)}
+    expected = np.mean(m[L27_V.name] - m["baseline"]) / np.mean(m["champion"] - m["baseline"])
+    assert evaluation.row.estimate == pytest.approx(expected, rel=1e-12)
 
 
 def test_geometry_shift_of_an_arm_that_is_the_baseline_is_exactly_zero(evaluator, pairs):
@@ -101,7 +120,10 @@ def test_geometry_shift_of_an_arm_that_is_the_baseline_is_exactly_zero(evaluator
 
     claim = Claim("g", "s", SOURCE, GeometryShift(NOTHING), threshold=0.0, direction="above")
     row = run(evaluator, claim, pairs, CORRECTED, tokens=16).row
-    assert row.estimate == 0.0 and row.degenerate and "no spread" in row.reason
+    # every pair's shift is exactly 0, but the arm is the baseline's own computation: the cell
+    # compares the baseline with itself, which the evaluator refuses
+    assert row.estimate == 0.0 and row.degenerate and row.verdict == "invalid"
+    assert "self_comparison[no intervention]" in row.reason
     assert row.shared == ("no intervention = baseline (the same computation, run once)",)
 
 
@@ -151,3 +173,49 @@ def test_the_interaction_is_the_four_efficiencies_combined(evaluator, pairs):
     assert row.estimate == pytest.approx((both - kv) - (v - neither), abs=1e-12)
     assert row.metric == "marker_rate" and row.alt_metric == "champion_logprob"
     assert row.arms == ("baseline", "champion", *(a.name for a in design.arms))
+
+
+def test_an_arm_that_is_the_baselines_own_computation_makes_the_cell_invalid(evaluator, pairs):
+    from tiny import NOTHING
+
+    claim = Claim("k", "s", SOURCE, Efficiency(NOTHING), threshold=0.2, direction="below")
+    row = run(evaluator, claim, pairs, CORRECTED).row
+    assert row.verdict == "invalid" and "self_comparison" in row.reason
+
+
+def test_a_kv_arm_reports_the_values_its_splice_changed(evaluator, pairs):
+    claim = Claim("k", "s", SOURCE, Efficiency(KV_ONLY), threshold=0.2, direction="below")
+    row = run(evaluator, claim, pairs, CORRECTED).row
+    kv = [g for g in row.guards if "kv_changed[kv-only]" in g]
+    assert len(kv) == 1 and kv[0].startswith("ok ")
+
+
+def test_an_rv_difference_is_late_over_early_pr_of_the_champion_minus_the_baseline(evaluator, pairs):
+    claim = Claim("k", "s", SOURCE, RvDifference(late=27, early=5), threshold=0.0, direction="above")
+    row = run(evaluator, claim, pairs, CORRECTED).row
+
+    def rv(text):  # independently: the PR profile of V per layer (harness/geometry.py)
+        profile = evaluator.geometry.pr_profile(text)
+        return profile[27] / profile[5]
+
+    expected = np.mean([rv(p.champion) - rv(p.baseline) for p in pairs])
+    assert row.estimate == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_geometry_floor_applies_to_the_size_of_the_gap_not_its_sign():
+    from harness.evaluate import GEOMETRY_FLOOR, _Cell
+
+    class Fixed(_Cell):
+        def __init__(self, rv):
+            self.rv, self.rv_gaps = rv, {}
+
+        def sequence_rv(self, arm, late, early):
+            return self.rv[arm if isinstance(arm, str) else "arm"]
+
+    cell = Fixed({"baseline": {"p": 2.0, "q": 1.0, "r": 1.0}, "champion": {"p": 1.0, "q": 1.0 + GEOMETRY_FLOOR / 2,
+                                                                            "r": 1.5},
+                  "arm": {"p": 1.5, "q": 1.0, "r": 1.25}})
+    out = cell.geometry_shift(Intervention("x", kv_layers="all"), 27, 5)
+    assert out["p"] == pytest.approx(0.5)  # a negative gap, larger than the floor: defined
+    assert math.isnan(out["q"])  # a gap under the floor: undefined
+    assert out["r"] == pytest.approx(0.5)

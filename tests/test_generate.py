@@ -73,6 +73,14 @@ def test_corrected_self_splice_of_all_layers_equals_the_baseline_arm(runner, pai
         runner.run(same, "baseline", short(CORRECTED), seeds).tokens
 
 
+@pytest.mark.parametrize("protocol", [CORRECTED, ORIGINAL], ids=lambda p: p.name)
+def test_a_self_splice_changes_no_kv_value_and_a_real_one_does(runner, pair, protocol):
+    same = Pair("same", pair.baseline, pair.baseline)
+    assert runner.run(same, KV_ONLY, short(protocol), (1,)).kv_changed == 0
+    assert runner.run(pair, KV_ONLY, short(protocol), (1,)).kv_changed > 0
+    assert runner.run(pair, "baseline", short(protocol), (1,)).kv_changed == -1  # no splice
+
+
 def test_greedy_protocol_is_deterministic_across_seeds(runner, pair):
     greedy = short(CORRECTED).with_(greedy=True)
     result = runner.run(pair, "baseline", greedy, (0, 1, 2))
@@ -245,3 +253,16 @@ def test_an_unknown_decoding_is_refused_naming_the_choices():
 
     with pytest.raises(HarnessValueError, match="decoding 'graph'; expected one of dynamic, static"):
         Runner(load_subject(), decoding="graph")
+
+
+@pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED], ids=lambda p: p.name)
+def test_reference_arms_sample_with_the_reference_top_k_and_interventions_with_theirs(runner, pair, protocol):
+    """top-k 1 is the argmax: every seed gives the same tokens. Set it on one side only and the
+    other side must still vary with the seed."""
+    seeds = tuple(range(6))
+    ref_greedy = short(protocol).with_(reference_top_k=1, top_k=None)
+    arm_greedy = short(protocol).with_(reference_top_k=None, top_k=1)
+    assert len(set(runner.run(pair, "baseline", ref_greedy, seeds).tokens)) == 1
+    assert len(set(runner.run(pair, KV_ONLY, ref_greedy, seeds).tokens)) > 1
+    assert len(set(runner.run(pair, KV_ONLY, arm_greedy, seeds).tokens)) == 1
+    assert len(set(runner.run(pair, "baseline", arm_greedy, seeds).tokens)) > 1

@@ -10,7 +10,9 @@ from harness.guards import (
     DEGENERATION_RATIO,
     ECHO_MARGIN,
     GuardResult,
+    MIN_DIFFERING_SHARE,
     guard_arms_differ,
+    guard_kv_changed,
     guard_degeneration,
     guard_echo,
     guard_gap_floor,
@@ -53,16 +55,34 @@ def test_patch_changed_guard():
 def test_arms_differ_guard():
     same = {"p1": [[1, 2, 3], [4, 5]], "p2": [[6]]}
     g = guard_arms_differ(same, {k: [list(s) for s in v] for k, v in same.items()}, ("kv", "kv+v"))
-    assert not g.ok and "kv" in g.message and "2 pairs" in g.message
-    # One seed of one pair differs: the arms differ.
-    other = {"p1": [[1, 2, 3], [4, 9]], "p2": [[6]]}
-    assert guard_arms_differ(same, other).ok
+    assert not g.ok and "kv" in g.message and "0/3 rows" in g.message
     # A different length is a difference; numpy ints compare as ints.
     assert guard_arms_differ({"p": [[1, 2]]}, {"p": [[1, 2, 3]]}).ok
     assert not guard_arms_differ({"p": [np.array([1, 2])]}, {"p": [[1, 2]]}).ok
     # No common pair: nothing to compare, fails.
     assert not guard_arms_differ({"p": [[1]]}, {"q": [[2]]}).ok
 
+
+def test_arms_differ_needs_the_share_of_differing_rows_not_one_token_of_one_seed():
+    """The old rule passed when one token of one seed differed; now a share of the rows must."""
+    a = {f"p{i}": [[i, 0], [i, 1]] for i in range(5)}  # 10 rows
+    def flipped(k):  # the first k rows differ
+        rows = [(p, j) for p in sorted(a) for j in range(2)][:k]
+        return {p: [[t + 100 if (p, j) in rows and n == 1 else t for n, t in enumerate(seq)]
+                    for j, seq in enumerate(v)] for p, v in a.items()}
+    assert MIN_DIFFERING_SHARE == 0.5
+    assert not guard_arms_differ(a, flipped(1)).ok  # one seed of one pair: no longer enough
+    assert not guard_arms_differ(a, flipped(4)).ok
+    g = guard_arms_differ(a, flipped(5))  # exactly half: passes
+    assert g.ok and "5/10 rows" in g.message
+    assert guard_arms_differ(a, flipped(10), min_share=1.0).ok
+    assert not guard_arms_differ(a, flipped(9), min_share=1.0).ok
+
+
+def test_a_kv_splice_that_changed_nothing_anywhere_fails():
+    assert not guard_kv_changed("kv-only", {"p1": 0, "p2": 0}).ok
+    g = guard_kv_changed("kv-only", {"p1": 0, "p2": 12})
+    assert g.ok and "12" in g.message and "1/2 pairs unchanged" in g.message
 
 
 def test_degeneration_is_far_below_both_reference_arms():

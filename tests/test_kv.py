@@ -23,6 +23,7 @@ from harness.kv import (
     KVSnapshot,
     cache_from_kwargs,
     cache_kwarg,
+    changed_values,
     output_cache,
     prefill,
     resolve_layers,
@@ -203,6 +204,28 @@ def test_splicing_a_cache_with_itself_changes_nothing(
     with torch.no_grad():
         full = m(ids).logits[0, -1]
     torch.testing.assert_close(logits, full, **TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_splice_counts_the_elements_it_changed_and_a_self_splice_none(dtype) -> None:
+    m = model("llama")
+    _, target = prefill(m, random_prompt(7, 1))
+    _, source = prefill(m, random_prompt(7, 2))
+    target = KVSnapshot(tuple(k.to(dtype) for k in target.keys), tuple(v.to(dtype) for v in target.values))
+    source = KVSnapshot(tuple(k.to(dtype) for k in source.keys), tuple(v.to(dtype) for v in source.values))
+    assert changed_values(target, splice(target, target, "all", "left")) == 0
+    # a self-splice whose values moved by one rounding step of the dtype still counts 0
+    nudged = KVSnapshot(tuple(k * (1 + torch.finfo(dtype).eps) for k in target.keys), target.values)
+    assert changed_values(target, splice(target, nudged, "all", "left")) == 0
+    spliced = splice(target, source, [1, 2], "left")
+    # independently: only layers 1 and 2, every slot, elements that differ between the prompts
+    expected = sum(int((~torch.isclose(source.keys[i].float(), target.keys[i].float(), rtol=1e-2, atol=1e-2)).sum()
+                       + (~torch.isclose(source.values[i].float(), target.values[i].float(), rtol=1e-2,
+                                         atol=1e-2)).sum()) for i in (1, 2))
+    if dtype == torch.float32:
+        expected = sum(int((source.keys[i] != target.keys[i]).sum() + (source.values[i] != target.values[i]).sum())
+                       for i in (1, 2))
+    assert 0 < changed_values(target, spliced) == expected
 
 
 @given(MODELS, st.integers(2, 12), st.integers(0, 10_000))

@@ -197,3 +197,22 @@ def test_a_fused_v_proj_patch_writes_the_source_values_into_the_cache_and_leaves
     torch.testing.assert_close(v1[:, :, -4:], expected, rtol=0, atol=0)
     assert torch.equal(v1[:, :, :-4], v0[:, :, :-4]) and torch.equal(k1, k0)
     assert handles[0].changed("prefill") == 4 * layout.num_kv_heads * layout.head_dim
+
+
+@pytest.mark.parametrize("kind", ["v_proj", "resid_pre"])
+def test_a_self_patch_in_bfloat16_counts_no_change(kind):
+    """bf16 rounds at about 4e-3: writing back a value recomputed in another batch shape must
+    count as no change, or the patch guard would pass a patch that did nothing."""
+    model = tiny_mistral()[0].to(torch.bfloat16)
+    layout = layout_for(model)
+    ids = torch.cat([random_prompt(12, seed=3), random_prompt(12, seed=3)])  # batch 2: other rounding
+    spec = PatchSpec(Site(kind, 18), phases=("prefill",), window=4)
+    own = record(model, layout, ids[:1], [spec.site])[spec.site]  # recorded at batch 1
+    # one rounding step of bf16 away, as a source recorded under another batch shape can be
+    eps = torch.finfo(torch.bfloat16).eps
+    own = (own.float() * (1 + eps)).to(torch.bfloat16)
+    assert not torch.equal(own, record(model, layout, ids[:1], [spec.site])[spec.site])
+    with install(model, layout, [spec], {spec: own}, prompt_len=12) as handles:
+        logits(model, ids)
+    assert handles[0].counts[0].calls == 1
+    assert handles[0].changed("prefill") == 0

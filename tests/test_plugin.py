@@ -333,3 +333,34 @@ def test_a_run_with_device_auto_records_the_device_map_in_its_provenance(tmp_pat
     assert provenance["device"] == "auto"
     assert provenance["device_map"] and set(provenance["device_map"].values()) <= {"cpu", "disk"} | {
         f"cuda:{i}" for i in range(8)} | {str(i) for i in range(8)}
+
+
+def test_a_subset_run_keeps_the_ini_family_and_records_its_seed_offset(pytester, tmp_path):
+    """-k runs one cell of two: its level still comes from harness_family_size; --seed-offset
+    draws another seed set, and the report and the ledger key say which."""
+    from harness.prompts import default_pairs, spread
+
+    _claims(pytester)
+    pytester.makeini("[pytest]\nharness_family_size = 7\n")
+    report = tmp_path / "r"
+    result = pytester.runpytest_subprocess(*SMALL, "-k", "corrected", "--seed-offset", "3",
+                                           "--report-dir", str(report))
+    with (report / "claims.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1, result.stdout.str()[-2000:]
+    assert int(rows[0]["family_size"]) == 7 and float(rows[0]["level"]) == pytest.approx(1 - 0.05 / 7)
+    assert "family=7" in rows[0]["settings"] and "seed_offset=3" in rows[0]["settings"]
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["provenance"]["seed_offset"] == 3
+    assert "seed set 3" in (report / "summary.md").read_text()
+    pairs = spread(default_pairs(), 2)
+    seeds = {json.loads(line)["seed"] for line in (report / "results.jsonl").read_text().splitlines()}
+    assert seeds == {s for p in pairs for s in p.seeds(2, 3)}
+    assert not seeds & {s for p in pairs for s in p.seeds(2)}
+
+
+def test_a_negative_seed_offset_is_a_usage_error(pytester):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--seed-offset", "-1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--seed-offset -1: expected a whole number >= 0*"])

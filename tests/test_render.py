@@ -180,12 +180,15 @@ def test_how_to_read_defines_the_terms_from_the_run_and_the_registries(run_dir: 
     assert md.index("## How to read this report") < md.index("## Claims")
     assert "(arm − baseline) / (champion − baseline)" in guide and "above 1" in guide
     for metric in METRICS.values():
-        assert f"`{metric.name}` (floor {metric.floor:g}): {metric.description}" in guide
+        bounds = f"bounds [{metric.bounds[0]:g}, {metric.bounds[1]:g}]" if metric.bounds else "no known bounds"
+        assert f"`{metric.name}` (floor {metric.floor:g}, {bounds}): {metric.description}" in guide
     assert f"{DEGENERATION_RATIO:g} x" in guide and f"more than {ECHO_MARGIN:g} more" in guide
     for word in ("**original**", "**corrected**", "**supported**", "**refuted**", "**inconclusive**",
                  "**invalid**", "*within*", "**disagrees**", "`docs/statistics.md`"):
         assert word in guide, word
     assert "t on pair means" in guide and "at the 95% level" in guide  # from the rows
+    for words in ("at most 5%", "within its declared bounds", "independent draws", "Bonferroni"):
+        assert words in guide, words  # what is guaranteed, and under which assumptions
     assert "temperature 0.8" in guide  # from the provenance's protocol parameters
 
 
@@ -329,5 +332,5 @@ def test_the_metrics_a_run_recorded_are_the_ones_explained():
     from harness.report.explain import metric_lines
 
     recorded = {"metrics": [{"name": "my_rate", "floor": 0.05, "description": "my words per word"}]}
-    assert metric_lines(recorded) == ["- `my_rate` (floor 0.05): my words per word"]
+    assert metric_lines(recorded) == ["- `my_rate` (floor 0.05, no known bounds): my words per word"]
     assert any(line.startswith("- `distinct_2` (floor") for line in metric_lines({}))

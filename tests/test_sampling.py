@@ -63,3 +63,13 @@ def test_batch_rows_on_the_cpu_and_the_override():
     assert batch_rows(model, 100, max_batch=7) == 7
     with pytest.raises(HarnessValueError, match="--max-batch 0"):
         batch_rows(model, 100, max_batch=0)
+
+
+def test_a_uniform_of_exactly_one_under_top_k_picks_the_last_kept_token_never_a_cut_one():
+    """1 - U(0, 1) can be exactly 1.0: the target is then the whole mass, reached first at the
+    last kept token in vocabulary order; every later token adds 0 to the CDF and must not win."""
+    scores = torch.tensor([[0.0, 2.0, -1.0, 3.0, 0.5, 2.5, -2.0, 1.0]])  # top 3: ids 1, 3, 5
+    sampler = SeededSampler([0], temperature=1.0, top_k=3, steps=1)
+    sampler.uniforms = torch.ones(1, 1, dtype=torch.float64)
+    chosen = int(sampler(torch.zeros(1, 1, dtype=torch.long), scores).argmax())
+    assert chosen == 5

@@ -355,17 +355,17 @@ def test_all_identical_pairs_give_a_degenerate_interval():
 
 
 @pytest.mark.parametrize(
-    ("threshold", "direction", "expected"),
-    [(0.2, "below", Verdict.SUPPORTED), (0.2, "above", Verdict.REFUTED),
-     (-0.1, "above", Verdict.SUPPORTED), (0.0, "above", Verdict.INCONCLUSIVE),
-     (0.0, "below", Verdict.INCONCLUSIVE)],
+    ("threshold", "direction", "point"),
+    [(0.2, "below", "wholly below 0.2"), (0.2, "above", "wholly below 0.2"),
+     (-0.1, "above", "wholly above -0.1"), (0.0, "above", "straddles 0"), (0.0, "below", "straddles 0")],
 )
-def test_degenerate_interval_keeps_the_point_verdict_but_says_so(threshold, direction, expected):
+def test_a_degenerate_t_interval_decides_nothing_but_says_what_the_point_gives(threshold, direction, point):
     iv = mean_interval({f"p{i:02d}": [0.0] * 4 for i in range(12)})
     d = decide(iv, threshold, direction)
-    assert d.verdict is expected
+    assert d.verdict is Verdict.INCONCLUSIVE
     assert d.degenerate and FLAG_ZERO_WIDTH in d.flags and "degenerate" not in d.flags
     assert "every one of the 12 pairs gave exactly 0: no spread, the interval has no width" in d.reason
+    assert f"justifies no verdict (the point alone: {point})" in d.reason
     # A failed guard still wins, and fewer than 2 pairs is still invalid.
     assert decide(iv, threshold, direction, [GuardResult("g", False, "bad")]).verdict is Verdict.INVALID
     assert decide(mean_interval({"a": [0.0]}), threshold, direction).verdict is Verdict.INVALID
@@ -455,6 +455,7 @@ def test_decide_reason_shows_family_level_and_few_pairs_flag():
     assert d.flags == (FLAG_FEW_PAIRS,) and not d.degenerate
     assert decide(iv, 0.5, "above", min_pairs=12).flags == ()
     assert decide(_iv(0.6, 0.9, n=MIN_PAIRS), 0.5, "above").flags == ()
+    assert decide(_iv(0.6, 0.9, n=MIN_PAIRS - 1), 0.5, "above").flags == (FLAG_FEW_PAIRS,)  # the boundary
 
 
 def test_failed_guard_makes_invalid_even_when_supported():

@@ -199,15 +199,17 @@ def opt_in(folder: Any) -> Any:
     return folder
 
 
-#: A claim test module for pytester runs: KV alone "transfers more than -100" (always supported
-#: when the experiment is sound), under both protocols.
+#: A claim test module for pytester runs: KV alone "moves R_V by more than -100" (always supported
+#: when the experiment is sound), under both protocols. A geometry shift is judged by the t
+#: interval, which decides at 2 pairs; no claim judged by the bounded rule can be decided there.
 CLAIM_FILE = """
 import pytest
-from harness.claims import Claim, Efficiency, Source
+from harness.claims import Claim, GeometryShift, Source
 from harness.records import Intervention
 
 CLAIM = Claim(id="kv-only-transfers", statement="KV alone transfers.", source=Source("test", "quote"),
-              measure=Efficiency(Intervention("kv-only", kv_layers="all")), threshold=-100.0, direction="above")
+              measure=GeometryShift(Intervention("kv-only", kv_layers="all")), threshold=-100.0,
+              direction="above")
 
 @pytest.mark.parametrize("protocol", ["original", "corrected"])
 def test_claim(verify, protocol):

@@ -40,21 +40,26 @@ class Pair:
     baseline: str
     champion: str
 
-    def seeds(self, n: int) -> tuple[int, ...]:
-        """This pair's n sampling seeds (see :func:`pair_seeds`)."""
-        return pair_seeds(self, n)
+    def seeds(self, n: int, offset: int = 0) -> tuple[int, ...]:
+        """This pair's n sampling seeds of seed set ``offset`` (see :func:`pair_seeds`)."""
+        return pair_seeds(self, n, offset)
 
 
-def pair_seeds(pair: Pair, n: int) -> tuple[int, ...]:
+def pair_seeds(pair: Pair, n: int, offset: int = 0) -> tuple[int, ...]:
     """n seeds of the pair's own, shared by every arm of the pair.
 
     Derived from the two prompts (not the id or the position in a file), so pairs draw
     independent samples, which the intervals assume, while arm differences within a
     pair stay paired. 48-bit bases: two pairs' seed ranges practically never overlap.
+    ``offset`` K > 0 (``--seed-offset``) hashes K in too: another, independent seed set;
+    0 is the seed set every earlier run used.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise HarnessValueError(f"number of seeds {n!r}; expected a positive integer")
-    digest = hashlib.sha256(f"{pair.baseline}\0{pair.champion}".encode()).hexdigest()
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise HarnessValueError(f"seed offset {offset!r}; expected a whole number >= 0")
+    text = f"{pair.baseline}\0{pair.champion}" + (f"\0{offset}" if offset else "")
+    digest = hashlib.sha256(text.encode()).hexdigest()
     base = int(digest[:12], 16)
     return tuple(base + i for i in range(n))
 

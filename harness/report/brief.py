@@ -66,7 +66,7 @@ def short_reason(row: ClaimRow, limit: int = REASON_CHARS) -> str:
         relation = reason.rsplit(": ", 1)[-1] if ": " in reason else reason
         text = f"interval {relation}" if relation.startswith(("wholly", "straddles", "crosses")) else relation
         if zero_width(row):
-            text = f"all {row.n_pairs} pairs gave {fmt(row.estimate)}: {relation}"
+            text = f"all {row.n_pairs} pairs gave {fmt(row.estimate)}: no width, no verdict"
     if "few_pairs" in row.flags:
         text += f"; only {row.n_pairs} pairs"
     if not row.metrics_agree and row.alt_verdict:

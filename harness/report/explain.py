@@ -22,18 +22,23 @@ EFFICIENCY = "(arm − baseline) / (champion − baseline)"
 
 
 def metric_lines(provenance: Mapping[str, Any] | None = None) -> list[str]:
-    """One list item per metric: name, floor, description. A run records its finding's
+    """One list item per metric: name, floor, bounds, description. A run records its finding's
     metrics in its provenance (the finding's own are not importable at render time);
     an older run's come from the generic registry."""
     recorded = (provenance or {}).get("metrics")
     if isinstance(recorded, list) and recorded:
-        return [f"- `{m['name']}` (floor {m['floor']:g}): {m['description']}" for m in recorded
+        return [f"- `{m['name']}` (floor {m['floor']:g}, {_bounds(m.get('bounds'))}): {m['description']}"
+                for m in recorded
                 if isinstance(m, dict) and {"name", "floor", "description"} <= set(m)]
     try:
         from harness.metrics import METRICS
     except ImportError:  # a reader without numpy: the names are still in the table
         return ["- (metric descriptions unavailable: `harness.metrics` could not be imported)"]
-    return [f"- `{m.name}` (floor {m.floor:g}): {m.description}" for m in METRICS.values()]
+    return [f"- `{m.name}` (floor {m.floor:g}, {_bounds(m.bounds)}): {m.description}" for m in METRICS.values()]
+
+
+def _bounds(b: Any) -> str:
+    return f"bounds [{b[0]:g}, {b[1]:g}]" if b else "no known bounds"
 
 
 def _guard_thresholds() -> tuple[str, str]:
@@ -77,24 +82,38 @@ def _protocol_words(provenance: Mapping[str, Any]) -> list[str]:
 
 def _interval_words(rows: Sequence[ClaimRow]) -> str:
     levels = sorted({r.level for r in rows if math.isfinite(r.level)})
-    methods = sorted({r.interval_method for r in rows if r.interval_method})
     families = sorted({r.family_size for r in rows if r.family_size})
-    method = " / ".join(methods) or "the harness's interval method"
+    methods = " / ".join(sorted({r.interval_method for r in rows if r.interval_method})) or "not recorded"
     level = " and ".join(f"{100 * x:.4g}%" for x in levels)
     if levels and families:
         family = " / ".join(map(str, families))
-        how = (f"each cell at the {level} level: 1 − 0.05 / {family}, Bonferroni over the family of {family} "
-               "claim cells, so the chance of any false supported or refuted verdict among them stays at "
-               "or below 5% whatever the dependence between cells")
+        how = f"each cell at the {level} level (1 − 0.05 / {family}, Bonferroni over the family of {family} cells)"
     elif levels:
         how = f"each cell at the {level} level"
     else:
         how = "at a level corrected for the family of claim cells"
-    return (f"**Intervals.** {method}: a pair's seeds are averaged first (they share a prompt), then a "
-            f"Student t interval over the pair means, {how}. An interval of zero width (every pair gave the "
-            "same value) is flagged: the verdict then rests on the point alone. For inconclusive cells the "
-            "MDE is the smallest distance from the threshold the run could have detected (80% power). "
-            "Details and measured coverage: `docs/statistics.md`.")
+    return (f"**What is guaranteed.** Verdicts are decided {how} by a betting test of bounded means "
+            "(Waudby-Smith and Ramdas): an efficiency is the ratio of mean gains over pairs, mean(arm − "
+            "baseline) / mean(champion − baseline), and \"above t\" is shown when mean(arm − baseline − "
+            "t (champion − baseline)) > 0 and the mean gap > 0 are both shown. The chance of any false "
+            "supported or refuted verdict among the family's cells is at most 5% (Bonferroni), whatever the distribution "
+            "of the per-pair values (skewed, mostly zero) and whatever the dependence between cells, under "
+            "two assumptions: the metric stays within its declared bounds (below), and the pairs are "
+            "independent draws from one population of pairs (exchangeable), the seeds averaged within a "
+            "pair. The interval is the set of values neither one-sided test rejects. Cells flagged "
+            "`no_guarantee` (a geometry shift: no known bounds) and the `champion_logprob` "
+            "columns use a Student t interval on per-pair values, with no such promise. "
+            "The price of the guarantee is pairs: few pairs decide only large effects. For inconclusive "
+            f"cells the MDE is the interval's half-width. Interval methods in this run: {methods}. Details "
+            "and measured error rates: `docs/statistics.md`.")
+
+
+def _seed_words(provenance: Mapping[str, Any]) -> list[str]:
+    offset = provenance.get("seed_offset")
+    if not offset:
+        return []
+    return [f"**Seeds.** This run sampled with seed set {offset} (`--seed-offset {offset}`), not the default "
+            "set 0: the same claims on another sample, to check that verdicts do not hang on the seeds.", ""]
 
 
 def how_to_read(rows: Sequence[ClaimRow], provenance: Mapping[str, Any]) -> list[str]:
@@ -104,7 +123,8 @@ def how_to_read(rows: Sequence[ClaimRow], provenance: Mapping[str, Any]) -> list
         "## How to read this report", "",
         "**Cells.** Each claim of the finding is tested under each protocol that matters to it; one "
         "claim under one protocol is a *cell*, with its own interval and verdict.", "",
-        f"**Efficiency** = {EFFICIENCY}, per prompt pair, on one metric: each term is the pair's mean over "
+        f"**Efficiency** = {EFFICIENCY} on one metric, shown per prompt pair; a cell's estimate is the "
+        "ratio of the means over pairs (not the mean of per-pair ratios). Each term is the pair's mean over "
         "its seeds (baseline: the baseline prompt alone; champion: the champion prompt alone; arm: the "
         "baseline prompt under the intervention). 0 means the arm behaves like the baseline, 1 like the "
         "champion. Values above 1 occur when the arm scores higher than the champion itself: a small "
@@ -117,18 +137,20 @@ def how_to_read(rows: Sequence[ClaimRow], provenance: Mapping[str, Any]) -> list
         *metric_lines(provenance), "",
         "**Protocols.**", "",
         *_protocol_words(provenance), "",
-        "**Verdicts**, from the interval and the claim's threshold:", "",
-        "- **supported**: the whole interval lies on the claim's side of the threshold (for a *within* "
-        "claim, \"about X\": strictly inside its bounds);",
-        "- **refuted**: the whole interval lies on the other side (*within*: wholly outside the bounds);",
-        "- **inconclusive**: the interval straddles the threshold (*within*: crosses a bound); not "
-        "evidence of no effect;",
+        "**Verdicts**, from one-sided tests at the claim's threshold itself:", "",
+        "- **supported**: the claim's side of the threshold is shown (for a *within* claim, \"about X\": "
+        "above its low bound and below its high bound);",
+        "- **refuted**: the other side is shown (*within*: below the low bound or above the high one);",
+        "- **inconclusive**: neither is shown; not evidence of no effect;",
         "- **invalid**: the experiment itself is broken (a guard failed, or fewer than 2 pairs had a "
         "value): no evidence either way.", "",
         _interval_words(rows), "",
+        *_seed_words(provenance),
         f"**Guards** on the machinery and on the text. A champion-baseline gap below the floor on most "
-        "pairs; a patch that changed no value in a phase it declared; two arms that should differ but gave "
-        f"identical tokens; *degeneration*: an arm whose distinct-2 is below {ratio} the lower of the "
+        "pairs; a patch that changed no value in a phase it declared; a KV splice that changed no key or "
+        "value; an arm that is a reference arm's own computation (the cell would compare it with itself); "
+        "two arms that should differ but gave identical tokens in more than half of the rows; a pair mean "
+        f"outside the metric's bounds; *degeneration*: an arm whose distinct-2 is below {ratio} the lower of the "
         f"baseline's and champion's (repetitive text); *echo*: an arm copying more than {margin} more of "
         "the champion prompt's 4-grams than the champion arm does. Any failed guard makes the cell invalid.",
         "",

@@ -33,7 +33,7 @@ __all__ = ["MUST_MATCH", "merge"]
 #: Provenance fields that determine the numbers: shards that differ here measured
 #: different things and cannot be one run. Fields naming a hash are checked too.
 MUST_MATCH = ("model", "dtype", "seeds", "gen_tokens", "pairs", "prompts", "profile", "n_layers", "protocols",
-              "settings", "family_size")
+              "settings", "family_size", "seed_offset")
 #: Lists of what went wrong per shard: the merged run has them all.
 _UNION = ("missing",)
 _HASH_FIELD = re.compile(r"hash|sha\d+|_sha\b")
