@@ -35,7 +35,7 @@ from harness.guards import GuardResult
 from harness.stats import Decision, Interval, Verdict, _bounds, _finite_threshold, _pct
 
 __all__ = ["BETTING_METHOD", "RatioData", "linear_bounds", "reject_above", "reject_below",
-           "ratio_interval", "decide_ratio", "efficiency_data", "contrast_data", "kv_set_data", "mean_data"]
+           "ratio_interval", "decide_ratio", "efficiency_data", "contrast_data", "interaction_data", "kv_set_data", "mean_data"]
 
 BETTING_METHOD = "betting test of a ratio of bounded means"
 _BISECT_STEPS = 40
@@ -134,7 +134,7 @@ def decide_ratio(data: RatioData, threshold: Any, direction: str, level: float,
                  guards: Sequence[GuardResult] = ()) -> tuple[Interval, Decision]:
     """The interval and the verdict on "value is ``direction`` ``threshold``" (see module doc).
 
-    above: supported when "> t" is shown, refuted when "< t" is. below: the mirror. within
+    above: supported when "> t" is shown, refuted when "< t" is. below: the reverse. within
     (a, b): supported when "> a" and "< b" are both shown, refuted when "< a" or "> b" is.
     Any failed guard: invalid. Fewer than 2 pairs: invalid.
     """
@@ -193,6 +193,16 @@ def contrast_data(arm: dict[str, float], versus: dict[str, float], baseline: dic
     lo, hi = bounds
     return RatioData(_rows([arm, versus, baseline, champion]), (1.0, -1.0, 0.0, 0.0),
                      (0.0, 0.0, -1.0, 1.0), (lo,) * 4, (hi,) * 4)
+
+
+def interaction_data(both: dict[str, float], first: dict[str, float], second: dict[str, float],
+                     neither: dict[str, float], baseline: dict[str, float], champion: dict[str, float],
+                     bounds: tuple[float, float]) -> RatioData:
+    """E[(both - first) - (second - neither)] / E[champion - baseline]: a 2x2 factorial's
+    interaction on efficiencies, as a ratio of means."""
+    lo, hi = bounds
+    return RatioData(_rows([both, first, second, neither, baseline, champion]), (1.0, -1.0, -1.0, 1.0, 0.0, 0.0),
+                     (0.0, 0.0, 0.0, 0.0, -1.0, 1.0), (lo,) * 6, (hi,) * 6)
 
 
 def kv_set_data(kv_set: dict[str, float], full: dict[str, float], baseline: dict[str, float],

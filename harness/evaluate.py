@@ -281,7 +281,10 @@ class Evaluator:
         for arm in claim.measure.arms:
             runs = cell.results(arm)
             guards += _patch_guards(runs)
-            guards += _identity_guards(arm, runs)
+            # A factorial's "neither" cell is the baseline by design: one of four arms, not the
+            # claim's arm compared with itself.
+            reference_ok = isinstance(claim.measure, Interaction) and arm == claim.measure.neither
+            guards += _identity_guards(arm, runs, reference_ok=reference_ok)
             guards.append(guard_degeneration(arm.name, cell.pooled(arm, "distinct_2"), d2["baseline"],
                                              d2["champion"]))
             guards.append(guard_echo(arm.name, cell.pooled(arm, "echo_rate"), echo_champion))
@@ -361,12 +364,13 @@ def _patch_guards(runs: Mapping[str, ArmResult]) -> list[GuardResult]:
             for (site, layer), changed in totals.items()]
 
 
-def _identity_guards(arm: Intervention, runs: Mapping[str, ArmResult]) -> list[GuardResult]:
+def _identity_guards(arm: Intervention, runs: Mapping[str, ArmResult],
+                     reference_ok: bool = False) -> list[GuardResult]:
     """An arm that is a reference arm's own computation compares a thing with itself (it cannot
-    fail); a KV splice must have changed the cache."""
+    fail), unless ``reference_ok`` (a factorial's empty cell); a KV splice must have changed the cache."""
     guards = []
     same = sorted({r.same_as for r in runs.values() if r.same_as})
-    if same:
+    if same and not reference_ok:
         guards.append(GuardResult(f"self_comparison[{arm.name}]", False,
                                   f"{arm.name} is the {same[0]} arm's own computation under this protocol: "
                                   "the cell compares it with itself"))

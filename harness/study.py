@@ -219,18 +219,20 @@ STUDY_DIR = Path(__file__).resolve().parent.parent / "docs" / "study"
 TABLE_START, TABLE_END = "<!-- study-table -->", "<!-- /study-table -->"
 
 
-#: Bounds and gap floor of the metric each protocol of the reference run judged on (the claims
-#: finding's marker_score under `original`, marker_rate under `corrected`; claims/finding.py).
-_REFERENCE_SCALES = {"original": ("marker_score", (0.0, 26.0), 1.0), "corrected": ("marker_rate", (0.0, 1.0), 0.05)}
+def _reference_scales() -> dict[str, tuple[str, tuple[float, float], float]]:
+    """(metric, bounds, floor) of the metric each protocol of the reference run judged on,
+    from ``scales.json`` beside the per-pair files (the finding's metrics are not the engine's)."""
+    raw = json.loads((STUDY_DIR / "scales.json").read_text())
+    return {p: (v["metric"], (float(v["bounds"][0]), float(v["bounds"][1])), float(v["floor"])) for p, v in raw.items()}
 
 
 def _populations() -> list[tuple[str, np.ndarray, tuple[float, float], float]]:
     """(label, population, bounds, floor) for every row of the doc's table."""
-    out = []
+    out, scales = [], _reference_scales()
     for path in sorted(STUDY_DIR.glob("*.jsonl")):
-        name, bounds, floor = _REFERENCE_SCALES["original" if path.stem.endswith(".original") else "corrected"]
+        name, bounds, floor = scales["original" if path.stem.endswith(".original") else "corrected"]
         out.append((f"`{path.stem}` ({name})", load_pairs_file(path), bounds, floor))
-    _, bounds, floor = _REFERENCE_SCALES["corrected"]
+    _, bounds, floor = scales["corrected"]
     out += [(f"scenario {name}", scenario(name), bounds, floor) for name in SCENARIOS]
     return out
 

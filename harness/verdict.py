@@ -1,6 +1,6 @@
 """One cell's interval and verdict: the bounded betting rule where the measure allows it.
 
-Efficiency, contrast and minimal-KV-set claims on a metric with known bounds, and the
+Efficiency, contrast, interaction and minimal-KV-set claims on a metric with known bounds, and the
 prompt-pass R_V and PR differences (bounded by the window), are decided by
 :mod:`harness.bounded`: the error guarantee holds for any distribution of the per-pair values
 within the bounds. A geometry shift (per-pair ratios of R_V gaps) and unbounded metrics keep
@@ -13,8 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.bounded import RatioData, contrast_data, decide_ratio, efficiency_data, kv_set_data, mean_data
-from harness.claims import Claim, Contrast, Efficiency, MinimalKvSet, PrDifference, RvDifference
+from harness.bounded import (RatioData, contrast_data, decide_ratio, efficiency_data, interaction_data,
+                             kv_set_data, mean_data)
+from harness.claims import Claim, Contrast, Efficiency, Interaction, MinimalKvSet, PrDifference, RvDifference
 from harness.errors import HarnessValueError
 from harness.guards import GuardResult
 from harness.metrics import lookup_metric
@@ -40,6 +41,9 @@ def ratio_data(claim: Claim, cell: Any, metric: str) -> RatioData | None:
             return efficiency_data(cell.metric_by_pair(measure.arm, metric), *ref, bounds)
         return contrast_data(cell.metric_by_pair(measure.arm, metric),
                              cell.metric_by_pair(measure.versus, metric), *ref, bounds)
+    if isinstance(measure, Interaction) and bounds is not None:
+        arms = (measure.both, measure.first, measure.second, measure.neither, "baseline", "champion")
+        return interaction_data(*(cell.metric_by_pair(a, metric) for a in arms), bounds)
     parts = getattr(cell, "kv_set_parts", None)  # set by the cell's minimal_kv_set
     if isinstance(measure, MinimalKvSet) and bounds is not None and parts is not None:
         confirm, found, full = parts  # judged on the held-out pairs only

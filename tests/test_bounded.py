@@ -13,6 +13,7 @@ from harness.bounded import (
     contrast_data,
     decide_ratio,
     efficiency_data,
+    interaction_data,
     kv_set_data,
     linear_bounds,
     mean_data,
@@ -21,6 +22,7 @@ from harness.bounded import (
     reject_below,
 )
 from harness.guards import GuardResult
+from tiny import claims_finding
 
 
 def _pairs(arm, base, champ):
@@ -149,7 +151,22 @@ def test_a_minimal_kv_set_is_its_efficiency_minus_share_times_full_kv_as_a_ratio
     assert data.estimate() == pytest.approx((gain_set - 0.8 * gain_full) / gap)
 
 
+def test_an_interaction_is_both_minus_first_minus_second_plus_neither_over_the_mean_gap():
+    pairs = {"p": (0.9, 0.6, 0.2, 0.1, 0.0, 0.8), "q": (0.5, 0.4, 0.1, 0.0, 0.1, 0.6)}
+    cols = [{pid: v[j] for pid, v in pairs.items()} for j in range(6)]
+    data = interaction_data(*cols, (0, 1))
+    num = np.mean([(b - f) - (s - n) for b, f, s, n, _, _ in pairs.values()])
+    gap = np.mean([c - base for *_, base, c in pairs.values()])
+    assert data.estimate() == pytest.approx(num / gap, abs=1e-12)
+    assert num / gap == pytest.approx(((0.3 - 0.1) + (0.1 - 0.1)) / 2 / ((0.8 + 0.5) / 2))  # by hand
+    # the order of the arms matters: first and second swapped is the same; both and first swapped is not
+    swapped = interaction_data(cols[1], cols[0], *cols[2:], (0, 1))
+    assert swapped.estimate() == pytest.approx(np.mean([(f - b) - (s - n) for b, f, s, n, _, _ in pairs.values()]) / gap)
+    assert swapped.estimate() != pytest.approx(data.estimate())
+
+
 def test_the_verdict_module_routes_each_measure_to_its_rule():
+    claims_finding()  # registers the claims finding's metrics (marker_rate) by name
     from types import SimpleNamespace
 
     from harness.claims import Claim, Efficiency, GeometryShift, MinimalKvSet, Source
@@ -176,6 +193,7 @@ def test_the_verdict_module_routes_each_measure_to_its_rule():
 
 
 def test_a_pair_mean_outside_the_metrics_bounds_makes_the_cell_invalid():
+    claims_finding()
     from types import SimpleNamespace
 
     from harness.claims import Claim, Efficiency, Source
