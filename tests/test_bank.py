@@ -176,3 +176,25 @@ def test_render_keeps_the_corpus_tokens() -> None:
 def test_the_bank_file_has_the_four_fields_in_order() -> None:
     first = DEFAULT_PROMPTS.read_text(encoding="utf-8").splitlines()[0]
     assert list(json.loads(first)) == ["id", "group", "baseline", "champion"]
+
+
+def test_the_halves_are_disjoint_cover_the_bank_and_hold_every_group(tmp_path: Path) -> None:
+    from harness.prompts import load_pairs
+    from harness.toy.bank import half
+
+    halves = {}
+    for which in ("a", "b"):
+        out = tmp_path / f"{which}.jsonl"
+        assert main(["--half", which, "--out", str(out)]) == 0
+        halves[which] = load_pairs(out)
+    a, b = halves["a"], halves["b"]
+    bank = default_pairs()
+    assert len(a) == len(b) == len(bank) // 2
+    assert not {p.id for p in a} & {p.id for p in b}
+    assert sorted(p.id for p in a + b) == sorted(p.id for p in bank)
+    groups = {p.group for p in bank}
+    assert {p.group for p in a} == {p.group for p in b} == groups
+    # The quick profile's spread of each half still covers every relation.
+    assert {p.group.split("/")[0] for p in spread(a, 6)} == set(RELATIONS)
+    with pytest.raises(ValueError, match="--half 'c'"):
+        half([], "c")

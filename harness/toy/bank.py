@@ -2,12 +2,15 @@
 
 Usage::
 
-    python -m harness.toy.bank [--out FILE] [--seed S] [--pairs N]
+    python -m harness.toy.bank [--out FILE] [--seed S] [--pairs N] [--half a|b]
 
 writes N (baseline, champion) pairs as JSON Lines, one
 ``{"id", "group", "baseline", "champion"}`` object a line. The bank is a pure
 function of its seed: ``python -m harness.toy.bank --out harness/prompts/toy_pairs.jsonl``
-rewrites the bundled bank byte for byte.
+rewrites the bundled bank byte for byte. ``--half a`` (``b``) writes only every other pair of
+each group: two disjoint halves with every group in each, for checking
+that verdicts on one half do not contradict those on the other
+(``python -m harness.report compare``).
 
 Each pair has a factual baseline (sentences of one topic of
 :data:`~harness.toy.corpus.FACT_TEMPLATES`) and a self-referential champion
@@ -65,6 +68,7 @@ __all__ = [
     "render",
     "generate",
     "to_jsonl",
+    "half",
     "main",
 ]
 
@@ -191,6 +195,25 @@ def to_jsonl(pairs: Sequence[BankPair]) -> str:
     return "".join(p.as_json() + "\n" for p in pairs)
 
 
+def half(pairs: Sequence[BankPair], which: str) -> list[BankPair]:
+    """One of two disjoint halves, each holding every group: within each group, in bank
+    order, the 1st, 3rd, 5th, ... pair goes to ``"a"``, the 2nd, 4th, ... to ``"b"``.
+
+    (Not even and odd positions of the file: a group's pairs lie 24 positions apart,
+    so all of them share a parity.)
+    """
+    if which not in ("a", "b"):
+        raise HarnessValueError(f"--half {which!r}: expected 'a' or 'b'")
+    seen: dict[str, int] = {}
+    out = []
+    for pair in pairs:
+        rank = seen.get(pair.group, 0)
+        seen[pair.group] = rank + 1
+        if rank % 2 == (0 if which == "a" else 1):
+            out.append(pair)
+    return out
+
+
 @one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.toy.bank",
@@ -199,13 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="where to write the JSONL bank (default: standard output)")
     ap.add_argument("--seed", type=int, default=BANK_SEED, help=f"bank seed (default {BANK_SEED})")
     ap.add_argument("--pairs", type=int, default=BANK_PAIRS, help=f"number of pairs (default {BANK_PAIRS})")
+    ap.add_argument("--half", choices=("a", "b"), default=None,
+                    help="write one of two disjoint halves, every other pair of each group")
     args = ap.parse_args(argv)
-    text = to_jsonl(generate(args.seed, args.pairs))
+    pairs = generate(args.seed, args.pairs)
+    if args.half is not None:
+        pairs = half(pairs, args.half)
+    text = to_jsonl(pairs)
     if args.out is None:
         print(text, end="")
     else:
         args.out.write_text(text, encoding="utf-8")
-        print(f"{args.pairs} pairs: {args.out}")
+        print(f"{len(pairs)} pairs: {args.out}")
     return 0
 
 
