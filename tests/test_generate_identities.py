@@ -50,7 +50,7 @@ SUBJECTS = {
     "llama3-rope": lambda: tiny_subject(tiny_llama_gqa, rope_scaling=LLAMA3_ROPE),
     "qwen2-bias": lambda: tiny_subject(tiny_qwen2),
     "mistral-no-bos": lambda: tiny_subject(tiny_mistral, bos=False),
-    "mistral-sliding-80": lambda: tiny_subject(tiny_mistral, sliding_window=80),
+    "mistral-sliding-96": lambda: tiny_subject(tiny_mistral, sliding_window=96),  # > longest prompt + 1 + TOKENS
     "gpt2-absolute": lambda: tiny_subject(tiny_gpt2),
     "neox-partial-rope": lambda: tiny_subject(tiny_neox),
     "phi3-gqa-partial-rope": lambda: tiny_subject(tiny_phi3),
@@ -147,7 +147,7 @@ def test_cached_decoding_under_a_patch_equals_full_recomputation(name, data):
 
 def test_a_sliding_window_that_every_sequence_fits_changes_nothing():
     """The window does not bind: the same weights without it give the same tokens."""
-    windowed = runner("mistral-sliding-80")
+    windowed = runner("mistral-sliding-96")
     plain = Runner(tiny_subject(tiny_mistral))
     for pair in BANK[::5]:
         for arm in ("baseline", KV_ONLY):
