@@ -35,6 +35,13 @@ def test_loads_pairs_with_default_ids_and_skips_blank_lines(tmp_path: Path) -> N
     assert load_pairs(str(path)) == load_pairs(path)
 
 
+def test_the_group_is_kept_and_optional(tmp_path: Path) -> None:
+    path = _write(tmp_path, _line(id="a", group="equal/cooking", baseline="b1", champion="c1"),
+                  _line(id="b", baseline="b2", champion="c2"))
+    assert [p.group for p in load_pairs(path)] == ["equal/cooking", None]
+    assert load_pairs(path)[0] == Pair("a", "b1", "c1", group="equal/cooking")
+
+
 def test_pair_is_frozen() -> None:
     pair = Pair("a", "b", "c")
     with pytest.raises(AttributeError):
@@ -63,6 +70,8 @@ def _refused(path: Path) -> str:
         ([_line(baseline=3, champion="c")], 1, "'baseline' is of type int"),
         ([_line(baseline="b", champion=["c"])], 1, "'champion' is of type list"),
         ([_line(id=7, baseline="b", champion="c")], 1, "'id' must be a non-empty string"),
+        ([_line(group=3, baseline="b", champion="c")], 1, "'group' must be a non-empty string, got 3"),
+        ([_line(group=" ", baseline="b", champion="c")], 1, "'group' must be a non-empty string"),
         ([_line(id="x", baseline="b", champion="c"), _line(id="x", baseline="b", champion="c")],
          2, "duplicate id 'x' (first used on line 1)"),
         # an explicit id may collide with a default one
@@ -154,8 +163,54 @@ def test_spread_takes_pairs_from_every_part_of_the_bundled_bank():
     chosen = spread(bank, 6)
     assert len(chosen) == 6 and len({p.id for p in chosen}) == 6
     assert [bank.index(p) for p in chosen] == sorted(bank.index(p) for p in chosen)
-    assert {p.id[:2] for p in chosen} == {"eq", "cl", "bl"}
-    assert spread(bank, None) == bank and spread(bank, 100) == bank
+    assert {p.id[:2] for p in chosen} == {"eq", "cl", "cs"}
+    assert spread(bank, None) == bank and spread(bank, 1000) == bank
+
+
+@pytest.mark.parametrize("n", [3, 12, 24, 48, 96, 120])
+def test_spread_over_the_bundled_bank_covers_every_relation_and_topic_alike(n: int) -> None:
+    from collections import Counter
+
+    from harness.prompts import spread
+
+    chosen = spread(default_pairs(), n)
+    relations = Counter(p.group.split("/")[0] for p in chosen)
+    topics = Counter(p.group.split("/")[1] for p in chosen)
+    assert len(chosen) == n and len(relations) == 3 and max(relations.values()) - min(relations.values()) <= 1
+    if n >= 24:
+        assert len(topics) == 8 and max(topics.values()) - min(topics.values()) <= 1
+
+
+def _grouped(sizes: dict[str | None, int]) -> list[Pair]:
+    return [Pair(f"{g}-{i}", f"b {g} {i}", f"c {g} {i}", group=g) for g, k in sizes.items() for i in range(k)]
+
+
+def test_spread_gives_each_group_its_share_by_size_in_bank_order() -> None:
+    from harness.prompts import spread
+
+    bank = _grouped({"a": 12, "b": 6, None: 6})  # grouped, and pairs without a group
+    chosen = spread(bank, 8)
+    assert [p.id for p in chosen] == ["a-0", "a-3", "a-6", "a-9", "b-0", "b-3", "None-0", "None-3"]
+    # Shares 2.5 / 1.25 / 1.25 of 5: the largest remainder goes to "a", ties to the group met first.
+    assert [p.group for p in spread(bank, 5)] == ["a", "a", "a", "b", None]
+    # Fewer pairs than groups: the groups met first.
+    assert [p.id for p in spread(_grouped({"x": 2, "y": 2, "z": 2}), 2)] == ["x-0", "y-0"]
+
+
+def test_spread_of_a_bank_without_groups_is_evenly_spaced() -> None:
+    from harness.prompts import spread
+
+    bank = _grouped({None: 26})
+    for n in (1, 5, 6, 24, 25):
+        assert spread(bank, n) == [bank[int(i * 26 / n)] for i in range(n)]
+
+
+def test_spread_refuses_a_non_positive_count() -> None:
+    from harness.errors import HarnessValueError
+    from harness.prompts import spread
+
+    with pytest.raises(HarnessValueError, match="number of pairs 0"):
+        spread(default_pairs(), 0)
 
 
 def test_a_byte_order_mark_at_the_start_of_a_prompts_file_is_accepted(tmp_path):

@@ -138,13 +138,14 @@ def _mean(xs: list[float]) -> float:
 def test_two_modes(toy_model, toy_tokenizer) -> None:
     """Sampled continuations stay in the register of their prompt.
 
-    4 samples of 32 tokens per prompt of the bundled bank, temperature 1 over the
-    full vocabulary, seed 0; the mean marker rate must clear the thresholds.
+    4 samples of 32 tokens per prompt of 48 pairs spread over the bundled bank (2 of each
+    group), temperature 1 over the full vocabulary, seed 0; the mean marker rate must clear
+    the thresholds.
     """
-    from harness.prompts import default_pairs
+    from harness.prompts import default_pairs, spread
     from harness.toy.train import continuation_rates
 
-    pairs = default_pairs()
+    pairs = spread(default_pairs(), 48)
     champion = continuation_rates(toy_model, toy_tokenizer, [p.champion for p in pairs], marker_rate, seed=0,
                                  samples=4)
     baseline = continuation_rates(toy_model, toy_tokenizer, [p.baseline for p in pairs], marker_rate, seed=0,
@@ -159,12 +160,12 @@ def test_two_modes_fails_for_random_weights(toy_tokenizer) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from harness.prompts import default_pairs
+    from harness.prompts import default_pairs, spread
     from harness.toy.train import continuation_rates
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TOY_MODEL_DIR)).eval()
-    pairs = default_pairs()
+    pairs = spread(default_pairs(), 48)
     champion = continuation_rates(model, toy_tokenizer, [p.champion for p in pairs], marker_rate, seed=0,
                                  samples=1)
     baseline = continuation_rates(model, toy_tokenizer, [p.baseline for p in pairs], marker_rate, seed=0,

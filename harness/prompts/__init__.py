@@ -2,14 +2,15 @@
 
 Each non-blank line of a bank is one JSON object::
 
-    {"id": "geo-1", "baseline": "the river flows ...", "champion": "the loop ..."}
+    {"id": "geo-1", "group": "equal", "baseline": "the river flows ...", "champion": "the loop ..."}
 
 ``baseline`` and ``champion`` are required non-empty strings; ``id`` is
-optional (default ``pair-<line number>``) and must be unique in the file.
+optional (default ``pair-<line number>``) and must be unique in the file;
+``group`` is optional (the kind of pair; :func:`spread` takes pairs from every group).
 :func:`load_pairs` refuses a malformed file with a one-line
 :class:`~harness.errors.PromptFileError` naming the file, the line and the fix.
-The bundled bank (:data:`DEFAULT_PROMPTS`) is written in the two registers of the
-embedded toy model. This module imports neither torch nor transformers.
+The bundled bank (:data:`DEFAULT_PROMPTS`) is generated from the embedded toy
+model's corpus by ``python -m harness.toy.bank``. This module imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from harness.errors import HarnessValueError, PromptFileError
 __all__ = ["Pair", "DEFAULT_PROMPTS", "load_pairs", "default_pairs", "spread", "pair_seeds", "file_hash"]
 
 #: The bundled bank, in the toy model's vocabulary (baseline: factual register,
-#: champion: self-referential register).
+#: champion: self-referential register), written by :mod:`harness.toy.bank`.
 DEFAULT_PROMPTS: Path = Path(__file__).resolve().parent / "toy_pairs.jsonl"
 
 _FORMAT_HINT = 'each line must be a JSON object like {"id": "p1", "baseline": "...", "champion": "..."}'
@@ -39,6 +40,9 @@ class Pair:
     id: str
     baseline: str
     champion: str
+    #: The kind of pair (the bundled bank: the prompts' length relation); None when the
+    #: file does not say.
+    group: str | None = None
 
     def seeds(self, n: int, offset: int = 0) -> tuple[int, ...]:
         """This pair's n sampling seeds of seed set ``offset`` (see :func:`pair_seeds`)."""
@@ -94,7 +98,11 @@ def _parse_line(path: Path, lineno: int, raw: str) -> Pair:
     if not isinstance(pair_id, str) or not pair_id.strip():
         raise _fail(path, lineno, f"'id' must be a non-empty string, got {pair_id!r}",
                     "give the pair a string id or remove the 'id' key")
-    return Pair(id=pair_id, baseline=obj["baseline"], champion=obj["champion"])
+    group = obj.get("group")
+    if group is not None and (not isinstance(group, str) or not group.strip()):
+        raise _fail(path, lineno, f"'group' must be a non-empty string, got {group!r}",
+                    "name the kind of pair with a string or remove the 'group' key")
+    return Pair(id=pair_id, baseline=obj["baseline"], champion=obj["champion"], group=group)
 
 
 def load_pairs(path: str | Path) -> list[Pair]:
@@ -133,14 +141,29 @@ def default_pairs() -> list[Pair]:
 
 
 def spread(pairs: Sequence[Pair], n: int | None) -> list[Pair]:
-    """``n`` pairs spread evenly over the bank, in bank order (all of them when n is None).
+    """``n`` pairs spread evenly over the bank and its groups, in bank order (all when n is None).
 
     Banks are often grouped (equal lengths first, then longer champions, ...); taking
-    the first n would test one group only.
+    the first n would test one group only. Each group (pairs without one form a group
+    of their own) gets its share of the n by its size (largest remainders, ties to the
+    group met first), taken evenly spaced within the group; a bank without groups gets
+    n evenly spaced pairs.
     """
     if n is None or n >= len(pairs):
         return list(pairs)
     if n < 1:
         raise HarnessValueError(f"number of pairs {n}; expected a positive integer")
-    step = len(pairs) / n
-    return [pairs[int(i * step)] for i in range(n)]
+    members: dict[str | None, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        members.setdefault(pair.group, []).append(index)
+    quotas = {g: n * len(ix) / len(pairs) for g, ix in members.items()}
+    shares = {g: int(q) for g, q in quotas.items()}
+    order = list(members)  # first appearance breaks ties in the remainders
+    by_remainder = sorted(order, key=lambda g: (-(quotas[g] - shares[g]), order.index(g)))
+    for g in by_remainder[: n - sum(shares.values())]:
+        shares[g] += 1
+    chosen = []
+    for g, ix in members.items():
+        step = len(ix) / shares[g] if shares[g] else 0.0
+        chosen.extend(ix[int(i * step)] for i in range(shares[g]))
+    return [pairs[i] for i in sorted(chosen)]

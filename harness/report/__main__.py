@@ -1,4 +1,5 @@
-"""python -m harness.report: merge shard run folders, render a run folder, or compare runs of models."""
+"""python -m harness.report: merge shard run folders, render a run folder, compare runs of models
+(matrix), or check two runs on different data for contradicting verdicts (compare)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
                     "by different claim rules (rule version or family size) are refused.")
     mat.add_argument("dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders, one per model")
     mat.add_argument("--out", required=True, type=Path, metavar="DIR", help="where the matrix goes (created)")
+    cmp = commands.add_parser(
+        "compare", help="check two runs of the same claims for supported-vs-refuted contradictions",
+        description="Set the cells of two run folders (e.g. two disjoint halves of a prompt bank, or two "
+                    "seed sets) side by side and list every cell whose verdicts differ. Exit code 1 when "
+                    "a cell is supported in one run and refuted in the other, 0 otherwise.")
+    cmp.add_argument("run_a", type=Path, metavar="RUN_A", help="a run folder")
+    cmp.add_argument("run_b", type=Path, metavar="RUN_B", help="another run folder of the same claims")
+    cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return parser
 
 
@@ -40,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from harness.report import load_run, merge, render
 
+    if args.command == "compare":
+        from harness.report.compare import compare, comparison_json, comparison_text
+
+        result = compare(args.run_a, args.run_b)
+        print(comparison_json(result) if args.json else comparison_text(result))
+        return 1 if result.contradictions else 0
     if args.command == "merge":
         out = merge(args.dirs, args.out)
         run = load_run(out)
