@@ -198,3 +198,17 @@ def test_the_halves_are_disjoint_cover_the_bank_and_hold_every_group(tmp_path: P
     assert {p.group.split("/")[0] for p in spread(a, 6)} == set(RELATIONS)
     with pytest.raises(ValueError, match="--half 'c'"):
         half([], "c")
+
+
+def test_the_banks_selection_markers_are_the_claims_findings_and_rate_alike() -> None:
+    """The bank picks champions with a copy of the claims finding's markers (the engine does
+    not import a finding): the copy and its rate must be the finding's own."""
+    from tiny import claims_finding
+
+    from harness.toy.bank import SELECTION_MARKERS, marker_rate
+
+    finding = claims_finding()
+    assert SELECTION_MARKERS == finding.MARKERS
+    for pair in default_pairs()[::7]:
+        for text in (pair.champion, pair.baseline, pair.champion + " fixed\npoint self-loop"):
+            assert marker_rate(text) == finding.marker_rate(text)

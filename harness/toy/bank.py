@@ -43,14 +43,32 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cli import one_line_errors
 from harness.errors import HarnessValueError
-from harness.metrics import marker_rate
 from harness.toy.corpus import FACT_TEMPLATES, documents, sentence, words_of
+
+#: The claims finding's behaviour markers (``MARKERS`` in ``claims/finding.py``, which the
+#: engine does not import): the toy is trained on that finding's registers, and its bank picks
+#: champions by their rate. A test checks this copy against the finding's list.
+SELECTION_MARKERS: tuple[str, ...] = (
+    "itself", "self", "recursive", "loop", "process", "cycle", "return", "eigen",
+    "writing", "mirror", "awareness", "consciousness", "observer", "observing",
+    "generating", "emerging", "simultaneous", "fixed point", "solution", "answerer",
+    "answer is",
+)
+_PATTERNS = tuple(re.compile(r"\b" + r"\s+".join(re.escape(part) for part in m.split()) + r"\b", re.IGNORECASE)
+                  for m in SELECTION_MARKERS)
+
+
+def marker_rate(text: str) -> float:
+    """Word-bounded marker hits per word: the claims finding's ``marker_rate``, for selection."""
+    n_words = len(text.split())
+    return sum(len(p.findall(text)) for p in _PATTERNS) / n_words if n_words else 0.0
 
 __all__ = [
     "RELATIONS",
