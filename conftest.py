@@ -6,9 +6,9 @@ other project does with the same line in its rootdir ``conftest.py`` or ``-p har
 """
 
 import torch
+from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["harness.plugin"]
-from hypothesis import HealthCheck, settings
 
 # The test models are tiny: intra-op threads only add spin-waits on a shared 2-core machine.
 torch.set_num_threads(1)
