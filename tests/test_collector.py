@@ -72,7 +72,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_what_was_written(pytest
     assert said[0].startswith(f"report: {report} (INCOMPLETE: cannot write there: No space left on device")
     assert "the files written before are kept whole" in said[0]
     assert said[1].startswith("! Interrupted: cannot write the report: No space left on device")
-    assert out.rstrip().splitlines()[-1].endswith("run INCOMPLETE")
+    assert result.stdout.str().rstrip().splitlines()[-1].endswith("run INCOMPLETE")
 
     # What was written before the disk filled is whole: the first claim's rows, valid files, no .tmp.
     assert not list(report.glob("*.tmp"))

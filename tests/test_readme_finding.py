@@ -60,7 +60,7 @@ def test_the_readme_finding_runs_with_its_own_metric_and_ledger(pytester, tmp_pa
                                  "my-finding: intervals: * (family of 1 cells, 5% family-wise)"])
     for (finding, _, _), row in rows.items():
         # Each folder's claims are judged on its finding's metric; the family is per finding.
-        assert row["metric"] == ("champion_word_share" if finding == "my-finding" else "champion_logprob")
+        assert row["metric"] == ("champion_word_share" if finding == "my-finding" else "r_v")  # plain: a geometry claim
         assert row["family_size"] == ("1" if finding == "my-finding" else "2")
     # The finding's verdicts go to its own ledger; the next run expects them.
     ledger = pytester.path / "my_finding" / "ledger.toml"

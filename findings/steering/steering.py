@@ -67,7 +67,7 @@ FINDING = Finding(
     source_file=SOURCE_FILE,
     metrics=(Metric("register_probability", 0.1, "a naive-Bayes register classifier trained on the toy's "
                     "corpus: probability that the text is in the champion's (self-referential) register",
-                    register_probability),),
+                    register_probability, (0.0, 1.0)),),
     protocol_metrics={"original": "register_probability", "corrected": "register_probability"},
     bank=None,  # the bundled toy bank
     ledger="ledger.toml",
