@@ -148,7 +148,7 @@ def test_seeds_beyond_memory_are_refused_before_the_run(pytester, loads):
     if available_memory() is None:
         pytest.skip("no /proc/meminfo here")
     refused(pytester, loads, "--seeds", "10000000",
-            match="--seeds 10000000: 24 pairs x 10000000 seeds need at least * GiB for their samples, this machine "
+            match="--seeds 10000000: 48 pairs x 10000000 seeds need at least * GiB for their samples, this machine "
                   "has * GiB available; expected at most about * seeds here; lower --seeds (or --pairs)")
 
 
