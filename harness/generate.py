@@ -55,17 +55,18 @@ from transformers import StoppingCriteriaList
 
 from harness import progress
 from harness.compat import STATIC_GENERATE_KWARGS, static_cache
-from harness.edits import EditGroup, EditSpec, edit_specs, edit_vector, install_edits
+from harness.edits import EditGroup, EditSpec, edit_specs, install_edits
 from harness.errors import HarnessLookupError, HarnessValueError
 from harness.kv import cache_kwarg, changed_values, check_rope_switch, prefill, splice, stack_left_padded, unpad
 from harness.model import input_device
-from harness.patches import PatchCount, PatchSpec, RowGroup, install, norm_matched_random, record, source_site
+from harness.patches import PatchCount, PatchSpec, RowGroup, install, source_site
 from harness.prompt_data import PromptData
 from harness.records import CORRECTED, ORIGINAL, PROTOCOLS, ArmResult, Intervention, Protocol, get_protocol
 from harness.sampling import SeededSampler, batch_rows
 from harness.scoring import Prepared as _Prepared
 from harness.scoring import Scoring
 from harness.sites import parse_site
+from harness.sources import PatchSources
 
 #: How the decoding loop keeps its cache (see :class:`Runner`).
 DECODINGS = ("dynamic", "static")
@@ -75,11 +76,11 @@ __all__ = ["SeededSampler", "Runner", "DECODINGS",
            "Protocol", "ORIGINAL", "CORRECTED", "PROTOCOLS", "Intervention", "ArmResult", "get_protocol"]
 
 
-class Runner(PromptData, Scoring):
+class Runner(PromptData, PatchSources, Scoring):
     """Runs arms for one subject; caches per-prompt data (never mutated) and arm results.
 
     Per-prompt data (ids, clean caches, activations) comes from :class:`PromptData`,
-    teacher-forced scores of the champion's continuation from :class:`Scoring`.
+    each patch's sources from :class:`PatchSources`, teacher-forced scores of the champion's continuation from :class:`Scoring`.
     """
 
     def __init__(self, subject: Any, max_batch: int | None = None, decoding: str = "dynamic") -> None:
@@ -352,53 +353,6 @@ class Runner(PromptData, Scoring):
         if protocol.stop_at_eos and eos is not None:
             rows = [r[: r.index(eos) + 1] if eos in r else r for r in rows]
         return rows
-
-    def _sources(self, pair: Any, specs: list[PatchSpec], intervention: Intervention, protocol: Protocol,
-                 seeds: tuple[int, ...], continuation: tuple[int, ...] | None,
-                 aligned_acts: dict[Any, torch.Tensor] | None = None,
-                 ) -> dict[PatchSpec, tuple[torch.Tensor, int]]:
-        """Each patch's source activations, and how many of their positions are the champion's prompt.
-
-        With an ``aligned`` decode source the champion's activations cover its own
-        generation too: per seed (one source per batch row) when sampling, or the
-        scored continuation when teacher-forcing (``aligned_acts``: those recordings when
-        :meth:`_aligned_acts` made them for many pairs at once).
-        """
-        ids_c = self.ids(pair.champion)
-        aligned = protocol.decode_source == "aligned" and protocol.patch_mode == "corrected"
-        if aligned and specs:
-            acts = aligned_acts if aligned_acts is not None else self._aligned_acts(
-                [pair], specs, protocol, {pair.id: seeds}, None if continuation is None else [continuation])[0]
-        sources = {}
-        for i, spec in enumerate(specs):
-            act = acts[source_site(spec)] if aligned else self.activation(pair.champion, source_site(spec))
-            if intervention.source == "random":
-                act = norm_matched_random(act, seed=1000 + i)
-            sources[spec] = (act, ids_c.shape[1])
-        for edit in edit_specs(intervention, protocol.patch_phases):  # one vector per pair, or None
-            sources[edit] = (edit_vector(self, pair, edit.kind, edit.site), 0)
-        return sources
-
-    def _aligned_acts(self, pairs: Sequence[Any], specs: list[PatchSpec], protocol: Protocol,
-                      seeds: Mapping[str, tuple[int, ...]], continuations: Sequence[tuple[int, ...]] | None,
-                      ) -> list[dict[Any, torch.Tensor]]:
-        """The champions' activations over prompt + continuation (their own sampled rows, or
-        ``continuations``), every pair in one right-padded pass: per pair and source site,
-        (rows, T, d), or (T, d) for one row (the shape a recording of the pair alone has)."""
-        if continuations is not None:
-            tails = [torch.tensor([c], device=self.device) for c in continuations]
-        else:
-            runs = self.run_many(pairs, "champion", protocol.with_(stop_at_eos=False), seeds)
-            tails = [torch.tensor(r.tokens, device=self.device) for r in runs]
-        sequences = [torch.cat([self.ids(p.champion).expand(t.shape[0], -1), t], dim=1) for p, t in zip(pairs, tails)]
-        sites = list(dict.fromkeys(source_site(s) for s in specs))
-        batch, lengths = self._right_padded(sequences)
-        found = record(self.model, self.layout, batch, sites, keep_batch=True)
-        out, row = [], 0
-        for seq, n in zip(sequences, lengths):
-            out.append({site: found[site][row : row + seq.shape[0], :n].clone().squeeze(0) for site in sites})
-            row += seq.shape[0]
-        return out
 
 
 def _summed(counts: Sequence[PatchCount]) -> tuple[PatchCount, ...]:
