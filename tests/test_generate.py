@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from tiny import KV_ONLY, L27_V, NOTHING, RELAY
 from harness.errors import HarnessLookupError
@@ -218,6 +219,12 @@ def test_forward_passes_per_arm_do_not_grow_with_the_number_of_pairs(protocol, a
     assert many <= decoding + 6
 
 
+#: The static cache is a transformers 5 path (4.x's static layers miscount left-padded rows):
+#: on 4.x it is refused (tests/test_compat.py), so its equivalence is tested on 5.x only.
+_NEEDS_TF5 = pytest.mark.skipif(not transformers.__version__.startswith("5"), reason="static-cache decoding needs transformers 5")
+
+
+@_NEEDS_TF5
 @pytest.mark.parametrize("protocol", [ORIGINAL, CORRECTED, CORRECTED.with_(decode_source="aligned")],
                          ids=["original", "corrected", "corrected-aligned"])
 @pytest.mark.parametrize("arm", ["baseline", "champion", KV_ONLY, L27_V, RELAY], ids=str)
@@ -234,6 +241,7 @@ def test_static_cache_decoding_gives_the_tokens_and_counts_of_the_dynamic_cache(
     assert [r.patch_counts for r in static] == [r.patch_counts for r in eager]
 
 
+@_NEEDS_TF5
 @pytest.mark.parametrize("family", ["gpt2", "phi3"])
 def test_static_cache_decoding_matches_on_other_layouts(family):
     """Absolute positions (GPT-2: left-aligned splice) and a fused QKV with partial rotary (Phi-3)."""
