@@ -85,12 +85,25 @@ class LayerTypeRopeLayout(LlamaLayout):
 
     family = "per-layer-type rope"
 
+    def __init__(self, model: Any, source_depth: int = SOURCE_DEPTH) -> None:
+        # OLMo 3 under transformers 4.x: one rotary module per layer type, ``model.rotary_embs``.
+        if get(model, self.rotary) is None and get(model, "model.rotary_embs") is not None:
+            self.rotary = "model.rotary_embs"
+        super().__init__(model, source_depth)
+
     @property
     def rope(self) -> Any:
         from harness.rope import Rope
 
         types = tuple(_config_get(self.config, "layer_types") or ())
         module = self.rotary_emb
+        if self.rotary == "model.rotary_embs":  # a module per layer type, keyed by the type
+            if len(types) != self.n_layers or any(t not in module for t in types):
+                raise UnsupportedModelError(
+                    f"model (model_type {_config_get(self.config, 'model_type')!r}): config.layer_types "
+                    f"{list(types)} do not name one rotary module per layer (it has {list(module)})")
+            return Rope(modules=tuple(module[t] for t in types), layer_types=(None,) * self.n_layers,
+                        style=self.rotary_style)
         if len(types) != self.n_layers:
             return Rope.single(module, self.n_layers, style=self.rotary_style)
         if _takes_layer_type(module):  # one module, frequencies chosen per call by layer type
