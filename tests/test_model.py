@@ -156,7 +156,7 @@ def test_device_auto_without_accelerate_is_refused_in_one_line_naming_the_instal
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _WITHOUT_ACCELERATE], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", _WITHOUT_ACCELERATE], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     lines = out.stdout.splitlines()
     refused = [line for line in lines if line.startswith("refused:")]

@@ -98,6 +98,7 @@ def test_gpt2_positions_are_its_n_positions(pytester, loads, tmp_path):
                   "n_positions 64*")
 
 
+@pytest.mark.skipif(not transformers.__version__.startswith("5"), reason="transformers 4.x's Phi-3 config takes LongRoPE only as {type, short_factor, long_factor}; these configs are written the 5.x way")
 def test_longrope_positions_beyond_its_switch_to_the_long_factors(pytester, loads, tmp_path):
     import shutil
 
