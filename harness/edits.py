@@ -31,7 +31,7 @@ import torch
 
 from harness.errors import HarnessValueError
 from harness.patch_rows import PHASES, _differs
-from harness.patches import PATCHABLE, PositionTracker, _hook_activation
+from harness.patches import PATCHABLE, HookHandle, PositionTracker
 from harness.records import PatchCount
 from harness.sites import Site, parse_site
 
@@ -124,7 +124,7 @@ def prompt_mean(activation: torch.Tensor, skip_first: bool) -> torch.Tensor:
     return rows.float().mean(0)
 
 
-class EditHandle:
+class EditHandle(HookHandle):
     """One installed edit; counts per group via :meth:`group_counts`."""
 
     def __init__(self, layout: Any, spec: EditSpec, groups: Sequence[EditGroup], tracker: PositionTracker) -> None:
@@ -206,15 +206,6 @@ class EditHandle:
         per_group = [self.group_counts(i) for i in range(len(self.groups))]
         return tuple(PatchCount(self.spec.label, self.resolved.layer, p, sum(c[k].calls for c in per_group),
                                 sum(c[k].changed for c in per_group)) for k, p in enumerate(PHASES))
-
-    def __enter__(self) -> EditHandle:
-        self._handle = _hook_activation(self.resolved, self._edit)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
 
 @contextmanager

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -146,7 +146,30 @@ class PositionTracker:
             self._handle = None
 
 
-class PatchHandle:
+_H = TypeVar("_H", bound="HookHandle")
+
+
+class HookHandle:
+    """The hook lifecycle every activation edit shares: ``with handle:`` installs its
+    ``_edit`` on ``resolved`` (set by the subclass) and removes it on exit, also on an exception."""
+
+    resolved: Any
+    _handle: Any = None
+
+    def _edit(self, x: torch.Tensor) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def __enter__(self: _H) -> _H:
+        self._handle = _hook_activation(self.resolved, self._edit)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+class PatchHandle(HookHandle):
     """One installed patch. Use as a context manager; counts live in :attr:`counts`.
 
     ``groups`` are the :class:`RowGroup` s of the batch (rows not in a group are left
@@ -263,15 +286,6 @@ class PatchHandle:
             raise HarnessValueError(
                 f"patch at {self.spec.site}: {source.shape[0]} per-row sources for {x.shape[0]} rows")
         return source.to(device=x.device, dtype=x.dtype)
-
-    def __enter__(self) -> PatchHandle:
-        self._handle = _hook_activation(self.resolved, self._edit)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
 
 @contextmanager
