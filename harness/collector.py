@@ -348,16 +348,32 @@ class Collector:
                                    bool(self.writer.completed) and not self.write_error), bold=True)
 
 
+#: The terminal table's width: a claim's numbers on one line, its sample sizes, mapping and reason
+#: on an indented second line, so that the longest claim id still fits a 120-column terminal.
+TABLE_WIDTH = 120
+
+
 def _table(rows: list[Any]) -> str:
     from tabulate import tabulate
 
-    from harness.report.brief import interval_text, short_reason
+    from harness.report.brief import cut, interval_text, short_reason
 
-    table = [[r.claim, r.protocol, r.estimate, interval_text(r), r.n_pairs, r.n_seeds or "-", _mapped(r),
-              r.verdict, _ledger_cell(r), short_reason(r)]
-             for r in rows]
-    headers = ("claim", "protocol", "estimate", "interval", "pairs", "seeds", "mapped", "verdict", "ledger", "why")
-    return tabulate(table, headers=headers, floatfmt=".3f", missingval="nan")
+    def render(claim_width: int) -> list[str]:
+        table = [[cut(r.claim, claim_width), r.protocol, r.estimate, interval_text(r), r.verdict,
+                  _ledger_cell(r)] for r in rows]
+        headers = ("claim", "protocol", "estimate", "interval", "verdict", "ledger")
+        return tabulate(table, headers=headers, floatfmt=".3f", missingval="nan").splitlines()
+
+    longest = max(len(r.claim) for r in rows)
+    lines = render(longest)
+    excess = max(len(line) for line in lines) - TABLE_WIDTH
+    if excess > 0:  # the claim id gives way (the report folder has it whole)
+        lines = render(max(longest - excess, 16))
+    out = lines[:2]
+    for line, r in zip(lines[2:], rows):
+        sizes = f"{r.n_pairs} pairs x {r.n_seeds} seeds" if r.n_seeds else f"{r.n_pairs} pairs"
+        out += [line, "    " + cut(f"{sizes} | mapped: {_mapped(r)} | {short_reason(r)}", TABLE_WIDTH - 4)]
+    return "\n".join(out)
 
 
 def _ledger_cell(row: Any) -> str:

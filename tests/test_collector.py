@@ -81,3 +81,27 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_what_was_written(pytest
     assert [r.protocol for r in run.claims] == ["original"] and not run.complete
     assert len(run.results) == 2 * 3 and {r.protocol for r in run.results} == {"original"}  # 2 pairs x 3 arms
 
+
+
+def test_the_terminal_table_of_the_reference_run_fits_120_columns_and_keeps_every_cell():
+    from pathlib import Path
+
+    from harness.collector import TABLE_WIDTH, _table
+
+    rows = load_run(Path(__file__).parents[1] / "reports" / "reference" / "toy").claims
+    assert max(len(r.claim) for r in rows) > 50  # the ids that made the old table 237 columns wide
+    lines = _table(rows).splitlines()
+    assert max(len(line) for line in lines) <= TABLE_WIDTH == 120
+    numbers, details = lines[2::2], lines[3::2]
+    assert len(numbers) == len(details) == len(rows)
+    for line, detail, row in zip(numbers, details, rows):
+        assert line.split()[:2] == [row.claim, row.protocol] and row.verdict in line.split()
+        sizes = f"{row.n_pairs} pairs x {row.n_seeds} seeds" if row.n_seeds else f"{row.n_pairs} pairs"
+        assert detail.startswith(f"    {sizes} | mapped: ")
+    # A longer id than any shipped one gives way, marked by an ellipsis; the report keeps it whole.
+    import dataclasses
+
+    long = dataclasses.replace(rows[0], claim="a-claim-id-" + "x" * 120)
+    lines = _table([long, *rows[1:3]]).splitlines()
+    assert max(len(line) for line in lines) <= TABLE_WIDTH and lines[2].startswith("a-claim-id-xxx")
+    assert "…" in lines[2].split()[0]

@@ -202,9 +202,13 @@ def test_the_run_ends_with_the_claims_table_and_a_line_counting_verdicts(pyteste
     assert lines[-1] == ("claims: 2 supported, 0 refuted, 0 inconclusive, 0 invalid; ledger: no entries for "
                          "these settings, 2 verdicts reported, not judged (--ledger-strict fails those not supported)")
     assert "passed" in lines[-2]  # pytest's own count, just before
-    table = lines.index(next(x for x in lines if x.startswith("claim ") and " why" in x))
-    assert "pairs" in lines[table] and "seeds" in lines[table] and "mapped" in lines[table]
-    assert [x.split()[0] for x in lines[table + 2: table + 4]] == ["kv-only-transfers"] * 2
+    table = lines.index(next(x for x in lines if x.startswith("claim ") and " verdict" in x))
+    # Each claim is a line of numbers and an indented line of sizes, mapping and reason.
+    assert [x.split()[0] for x in lines[table + 2: table + 6: 2]] == ["kv-only-transfers"] * 2
+    for detail in lines[table + 3: table + 7: 2]:
+        assert detail.startswith("    2 pairs x 2 seeds | mapped: kv ") and "interval wholly above" in detail
+    section = lines[table: lines.index(next(x for x in lines if x.startswith("intervals: ")))]
+    assert max(len(x) for x in section) <= 120
     assert "interval wholly above -100" in "\n".join(lines[table:])
 
     # JUnit XML: the small properties a CI dashboard shows, not the record (that is in the folder).
@@ -241,7 +245,7 @@ def test_the_run_ends_with_the_claims_table_and_a_line_counting_verdicts(pyteste
                        "kv-only-transfers [corrected] supported (expected refuted)")
     # pytest's failure lines come before the table: the table and the count end the run.
     assert out.index(next(x for x in out if x.startswith("FAILED"))) < out.index(
-        next(x for x in out if x.startswith("claim ") and " why" in x))
+        next(x for x in out if x.startswith("claim ") and " verdict" in x))
     assert any("kv-only-transfers" in x and "expected refuted" in x for x in out[:-1])
 
 
