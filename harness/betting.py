@@ -8,9 +8,16 @@ distribution of X in [lo, hi] (skewed, zero-inflated, two-point). So P(K_n >= 1/
 (Markov). The only assumptions: the values are independent draws of one distribution (pairs
 exchangeable) and lie within [lo, hi].
 
-The order of the pairs is arbitrary, so the capital is averaged over ``N_ORDERS`` fixed
-orders (an average of e-values is an e-value): the verdict does not hang on one order, and the
-same data always give the same answer. Pure numpy; every function takes a batch of data sets.
+At a fixed number of pairs the order of the pairs is arbitrary, so the capital is averaged over
+``N_ORDERS`` fixed orders (an average of e-values is an e-value): the verdict does not hang on
+one order, and the same data always give the same answer.
+
+Sequentially (``sequential=True``: pairs arrive in batches and the run stops once a cell is
+decided), the capital is taken in the order the pairs arrived, and H0 is rejected as soon as
+it reaches 1/alpha at any step: under H0 the capital is a nonnegative supermartingale, so by
+Ville's inequality P(sup_n K_n >= 1/alpha) <= alpha, however the run chooses when to stop
+(Waudby-Smith and Ramdas's anytime-valid form). The averaged form is not a supermartingale in
+one order, so it is used only at a fixed n. Pure numpy; every function takes a batch of data sets.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ def _orders(n: int) -> np.ndarray:
     return _orders_cache[n]
 
 
-def log_capital(x: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray) -> np.ndarray:
-    """log of the capital averaged over the fixed orders, betting that E[X] > 0.
+def log_capital(x: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray,
+                sequential: bool = False) -> np.ndarray:
+    """log of the capital averaged over the fixed orders, betting that E[X] > 0; with
+    ``sequential``, the largest log capital reached in the given order (its running maximum).
 
     ``x`` (..., n) values in [lo, hi] with lo < 0 < hi (``lo``/``hi`` scalars or shape (...)).
     Returns shape (...). The stake is the growth-optimal one for the running mean and variance
@@ -53,7 +62,7 @@ def log_capital(x: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray) -
     lo = np.asarray(lo, dtype=np.float64)[..., None, None]
     hi = np.asarray(hi, dtype=np.float64)[..., None, None]
     n = x.shape[-1]
-    xs = x[..., _orders(n)]  # (..., orders, n)
+    xs = x[..., None, :] if sequential else x[..., _orders(n)]  # (..., orders, n)
     t = np.arange(1, n + 1, dtype=np.float64)
     prior_var = ((hi - lo) / 2.0) ** 2
     mean_t = np.cumsum(xs, axis=-1) / (t + 1.0)  # running mean, shrunk by a pseudo-value 0
@@ -62,14 +71,20 @@ def log_capital(x: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray) -
     m_prev = np.concatenate([np.zeros_like(mean_t[..., :1]), mean_t[..., :-1]], axis=-1)
     v_prev = np.concatenate([np.broadcast_to(prior_var, mean_t[..., :1].shape), var_t[..., :-1]], axis=-1)
     stake = np.clip(m_prev / (v_prev + m_prev**2), 0.0, CAP / -lo)
+    if sequential:  # one order: the arrival order; the capital's highest point so far
+        path = np.cumsum(np.log1p(stake * xs), axis=-1)[..., 0, :]
+        return np.maximum(path.max(axis=-1), 0.0) if n else np.zeros(path.shape[:-1])
     logk = np.sum(np.log1p(stake * xs), axis=-1)  # (..., orders)
     top = logk.max(axis=-1)
     return top + np.log(np.mean(np.exp(logk - top[..., None]), axis=-1))
 
 
 def reject_positive_mean(x: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray,
-                         alpha: float) -> np.ndarray:
+                         alpha: float, sequential: bool = False) -> np.ndarray:
     """Reject H0: E[X] <= 0 at level ``alpha``? ``x`` (..., n) in [lo, hi] -> bool (...).
+
+    ``sequential``: ``x`` is in arrival order and the test holds at every n at once (a run may
+    stop when it is decided); otherwise it holds at this n.
 
     Edge cases follow from the bounds alone: lo > 0 makes H0 impossible (reject); lo = 0 makes
     H0 mean X = 0 always, so any positive value rejects; hi <= 0 makes E[X] > 0 impossible.
@@ -91,6 +106,6 @@ def reject_positive_mean(x: np.ndarray, lo: float | np.ndarray, hi: float | np.n
     if np.any(inner):
         safe_lo = np.where(inner, lo_a, -1.0)
         safe_hi = np.where(inner, hi_a, 1.0)
-        logk = log_capital(np.where(inner[..., None], x, 0.0), safe_lo, safe_hi)
+        logk = log_capital(np.where(inner[..., None], x, 0.0), safe_lo, safe_hi, sequential)
         out |= inner & (logk >= math.log(1.0 / alpha))
     return out

@@ -34,10 +34,11 @@ from harness.errors import HarnessValueError
 from harness.guards import GuardResult
 from harness.stats import Decision, Interval, Verdict, _bounds, _finite_threshold, _pct
 
-__all__ = ["BETTING_METHOD", "RatioData", "linear_bounds", "reject_above", "reject_below",
+__all__ = ["BETTING_METHOD", "SEQUENTIAL_METHOD", "RatioData", "linear_bounds", "reject_above", "reject_below",
            "ratio_interval", "decide_ratio", "efficiency_data", "contrast_data", "interaction_data", "kv_set_data", "mean_data"]
 
 BETTING_METHOD = "betting test of a ratio of bounded means"
+SEQUENTIAL_METHOD = "sequential betting test of a ratio of bounded means (anytime-valid)"
 _BISECT_STEPS = 40
 
 
@@ -51,6 +52,9 @@ class RatioData:
     den: tuple[float, ...]
     low: tuple[float, ...]
     high: tuple[float, ...]
+    #: The rows are in the order the pairs arrived, and the tests hold at every n (see
+    #: :mod:`harness.betting`): a run may add pairs until the cell is decided.
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         k = self.x.shape[-1]
@@ -83,8 +87,8 @@ def _side(data: RatioData, theta: float, sign: float, alpha: float) -> bool:
     w = sign * (np.asarray(data.num, dtype=np.float64) - theta * den)
     lo, hi = linear_bounds(w, data.low, data.high)
     dlo, dhi = linear_bounds(den, data.low, data.high)
-    return bool(reject_positive_mean(data.x @ w, lo, hi, alpha)
-                and reject_positive_mean(data.x @ den, dlo, dhi, alpha))
+    return bool(reject_positive_mean(data.x @ w, lo, hi, alpha, data.sequential)
+                and reject_positive_mean(data.x @ den, dlo, dhi, alpha, data.sequential))
 
 
 def reject_above(data: RatioData, theta: float, alpha: float) -> bool:
@@ -119,15 +123,16 @@ def ratio_interval(data: RatioData, level: float) -> Interval:
     alpha = (1.0 - level) / 2.0
     est, n = data.estimate(), data.n
     if n < 2:
-        return Interval(est, math.nan, math.nan, n, level, BETTING_METHOD)
+        return Interval(est, math.nan, math.nan, n, level, SEQUENTIAL_METHOD if data.sequential else BETTING_METHOD)
     den = np.asarray(data.den, dtype=np.float64)
-    if not reject_positive_mean(data.x @ den, *linear_bounds(den, data.low, data.high), alpha):
-        return Interval(est, -math.inf, math.inf, n, level, BETTING_METHOD)
+    method = SEQUENTIAL_METHOD if data.sequential else BETTING_METHOD
+    if not reject_positive_mean(data.x @ den, *linear_bounds(den, data.low, data.high), alpha, data.sequential):
+        return Interval(est, -math.inf, math.inf, n, level, method)
     start = est if math.isfinite(est) else 0.0
     scale = max(1.0, abs(start)) * 0.01
     low = _edge(data, start, -scale, lambda t: reject_above(data, t, alpha))
     high = _edge(data, start, scale, lambda t: reject_below(data, t, alpha))
-    return Interval(est, low, high, n, level, BETTING_METHOD)
+    return Interval(est, low, high, n, level, method)
 
 
 def decide_ratio(data: RatioData, threshold: Any, direction: str, level: float,
@@ -165,44 +170,51 @@ def decide_ratio(data: RatioData, threshold: Any, direction: str, level: float,
     else:
         raise HarnessValueError(f"direction must be one of above, below, within, got {direction!r}.")
     span = (f"estimate {interval.estimate:.4g}, {_pct(level)} interval [{interval.low:.4g}, "
-            f"{interval.high:.4g}] over {data.n} pairs (betting test, bounded metric)")
+            f"{interval.high:.4g}] over {data.n} pairs ({'sequential ' if data.sequential else ''}betting test, "
+            "bounded metric)")
     return interval, Decision(verdict, f"{span}: {text}")
 
 
 # --------------------------------------------------------------------------- per measure
 
 
-def _rows(columns: Sequence[dict[str, float]]) -> np.ndarray:
-    """(n_pairs, k) over the pairs with a finite value in every column, in sorted id order."""
-    ids = sorted(set.intersection(*(set(c) for c in columns)))
+def _rows(columns: Sequence[dict[str, float]], order: Sequence[str] | None = None) -> np.ndarray:
+    """(n_pairs, k) over the pairs with a finite value in every column: in ``order`` (the
+    order the pairs arrived, for a sequential test), else in sorted id order."""
+    common = set.intersection(*(set(c) for c in columns))
+    ids = [p for p in dict.fromkeys(order) if p in common] if order is not None else sorted(common)
     x = np.array([[c[p] for c in columns] for p in ids], dtype=np.float64).reshape(len(ids), len(columns))
     return x[np.all(np.isfinite(x), axis=1)]
 
 
 def efficiency_data(arm: dict[str, float], baseline: dict[str, float], champion: dict[str, float],
-                    bounds: tuple[float, float]) -> RatioData:
-    """E[arm - baseline] / E[champion - baseline]; each dict maps pair id -> the metric's pair mean."""
+                    bounds: tuple[float, float], order: Sequence[str] | None = None) -> RatioData:
+    """E[arm - baseline] / E[champion - baseline]; each dict maps pair id -> the metric's pair mean.
+
+    ``order``: the pair ids in the order they arrived, for the sequential test (every builder)."""
     lo, hi = bounds
-    return RatioData(_rows([arm, baseline, champion]), (1.0, -1.0, 0.0), (0.0, -1.0, 1.0),
-                     (lo,) * 3, (hi,) * 3)
+    return RatioData(_rows([arm, baseline, champion], order), (1.0, -1.0, 0.0), (0.0, -1.0, 1.0),
+                     (lo,) * 3, (hi,) * 3, order is not None)
 
 
 def contrast_data(arm: dict[str, float], versus: dict[str, float], baseline: dict[str, float],
-                  champion: dict[str, float], bounds: tuple[float, float]) -> RatioData:
+                  champion: dict[str, float], bounds: tuple[float, float],
+                  order: Sequence[str] | None = None) -> RatioData:
     """E[arm - versus] / E[champion - baseline]: the difference of the two arms' efficiencies."""
     lo, hi = bounds
-    return RatioData(_rows([arm, versus, baseline, champion]), (1.0, -1.0, 0.0, 0.0),
-                     (0.0, 0.0, -1.0, 1.0), (lo,) * 4, (hi,) * 4)
+    return RatioData(_rows([arm, versus, baseline, champion], order), (1.0, -1.0, 0.0, 0.0),
+                     (0.0, 0.0, -1.0, 1.0), (lo,) * 4, (hi,) * 4, order is not None)
 
 
 def interaction_data(both: dict[str, float], first: dict[str, float], second: dict[str, float],
                      neither: dict[str, float], baseline: dict[str, float], champion: dict[str, float],
-                     bounds: tuple[float, float]) -> RatioData:
+                     bounds: tuple[float, float], order: Sequence[str] | None = None) -> RatioData:
     """E[(both - first) - (second - neither)] / E[champion - baseline]: a 2x2 factorial's
     interaction on efficiencies, as a ratio of means."""
     lo, hi = bounds
-    return RatioData(_rows([both, first, second, neither, baseline, champion]), (1.0, -1.0, -1.0, 1.0, 0.0, 0.0),
-                     (0.0, 0.0, 0.0, 0.0, -1.0, 1.0), (lo,) * 6, (hi,) * 6)
+    return RatioData(_rows([both, first, second, neither, baseline, champion], order),
+                     (1.0, -1.0, -1.0, 1.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0, -1.0, 1.0), (lo,) * 6, (hi,) * 6,
+                     order is not None)
 
 
 def kv_set_data(kv_set: dict[str, float], full: dict[str, float], baseline: dict[str, float],
@@ -214,8 +226,9 @@ def kv_set_data(kv_set: dict[str, float], full: dict[str, float], baseline: dict
                      (0.0, 0.0, -1.0, 1.0), (lo,) * 4, (hi,) * 4)
 
 
-def mean_data(values: dict[str, float], bounds: tuple[float, float]) -> RatioData:
+def mean_data(values: dict[str, float], bounds: tuple[float, float],
+              order: Sequence[str] | None = None) -> RatioData:
     """E[value]: a constant column 1 (bounds [1, 1]) is the denominator."""
-    x = _rows([values])
+    x = _rows([values], order)
     return RatioData(np.hstack([x, np.ones_like(x)]), (1.0, 0.0), (0.0, 1.0),
-                     (bounds[0], 1.0), (bounds[1], 1.0))
+                     (bounds[0], 1.0), (bounds[1], 1.0), order is not None)

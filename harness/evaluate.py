@@ -75,6 +75,11 @@ class _Cell:
         self.rv_gaps: dict[str, float] = {}
         self.kv_set_parts: tuple[Any, ...] | None = None  # (held-out cell, set arm, full arm)
 
+    @property
+    def order(self) -> list[str] | None:
+        """The pair ids in the order they arrived, when the evaluator tests sequentially."""
+        return [p.id for p in self.pairs] if self.ev.sequential else None
+
     def results(self, arm: str | Intervention) -> dict[str, ArmResult]:
         """The arm on every pair, in one batched call (memoised by the runner)."""
         seeds = {p.id: p.seeds(self.n_seeds, self.ev.seed_offset) for p in self.pairs}
@@ -178,8 +183,11 @@ class _Cell:
 class Evaluator:
     """Evaluates claims on one runner; memoises each sample's metrics."""
 
-    def __init__(self, runner: Any, alpha: float = 0.05, finding: Finding = GENERIC, seed_offset: int = 0) -> None:
+    def __init__(self, runner: Any, alpha: float = 0.05, finding: Finding = GENERIC, seed_offset: int = 0,
+                 sequential: bool = False) -> None:
         self.runner = runner
+        #: Test in the pairs' arrival order, valid at every n (a run adds pairs until decided).
+        self.sequential = sequential
         self.alpha = alpha
         #: The finding whose metrics the samples get and whose choice of metric claims are judged on.
         self.finding = finding

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessError
-from harness.session import HarnessSession, _is_worker
+from harness.session import HarnessSession, _is_worker, extends
 
 PROFILES = {
     # name: (pairs, seeds, gen_tokens). quick: as many pairs (2 per group of the bundled
@@ -73,6 +73,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--seed-offset", type=int, default=0, metavar="K",
                     help="draw seed set K of every pair instead of the default set 0 (another sample of the "
                          "same claims: a seed-sensitivity check; recorded in the report and the ledger key)")
+    group.addoption("--until-decided", type=int, default=None, metavar="N",
+                    help="add pairs of the bank in batches to each undecided cell until it is decided or "
+                         "has N pairs; verdicts then come from the sequential (anytime-valid) betting test")
     group.addoption("--allow-long", action="store_true", default=False,
                     help="allow --gen-tokens above 1024 (every arm, pair and seed pays for it)")
     parser.addini("harness_progress_after", type="string", default="",
@@ -107,6 +110,7 @@ def read_options(config: pytest.Config) -> Any:
         trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
         max_batch=_positive(config, "max_batch"), seed_offset=_offset(config),
         report_fresh=opt("report_fresh"), report_dir_named=bool(report_dir), ledger_strict=opt("ledger_strict"),
+        until_decided=_positive(config, "until_decided"),
     )
 
 
@@ -193,9 +197,12 @@ def verify(request: pytest.FixtureRequest, pytestconfig: pytest.Config, subject:
 
     def _verify(claim: Any, protocol: str = "corrected") -> Any:
         with progress.claim(f"{claim.id} [{protocol}]") as cost:
-            evaluation = session.evaluator(finding).evaluate(
-                claim, pairs, session.protocol(protocol), n_seeds=session.options.seeds,
-                family_size=session.finding_family(finding))
+            for cell_pairs in session.pair_batches(finding):
+                evaluation = session.evaluator(finding).evaluate(
+                    claim, cell_pairs, session.protocol(protocol), n_seeds=session.options.seeds,
+                    family_size=session.finding_family(finding))
+                if not extends(evaluation.row):
+                    break
         row = evaluation.row
         settings = session.settings(finding)
         ledger = session.ledger(finding)

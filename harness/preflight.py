@@ -49,6 +49,7 @@ class RunOptions:
     report_dir_named: bool = True  # False: the default reports/<time>, renamed when taken
     ledger_strict: bool = False  # settings without ledger entries: fail verdicts other than supported
     seed_offset: int = 0
+    until_decided: int | None = None  # add pairs to an undecided cell up to this many (sequential test)
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -91,6 +92,14 @@ def check_named(options: RunOptions, ledger: str | None, pairs: int | None) -> N
         raise PreflightError(
             f"--pairs {pairs}: {where} has {len(bank)} pairs; expected at most {len(bank)}; "
             f"pass --pairs {len(bank)} (or fewer), or --profile full for every pair")
+    budget = options.until_decided
+    if budget is not None:
+        where = f"--prompts {options.prompts}" if options.prompts is not None else "the bundled toy bank"
+        start = min(options.pairs or len(bank), len(bank))
+        if not start <= budget <= len(bank):
+            raise PreflightError(
+                f"--until-decided {budget}: expected a budget in pairs from the run's {start} pairs to the "
+                f"{len(bank)} of {where}; pass --until-decided {len(bank)} to allow the whole bank")
 
 
 def check_device_available(device: str) -> None:

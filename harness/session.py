@@ -9,6 +9,7 @@ plugin, importing this module loads neither torch nor transformers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,8 @@ class HarnessSession:
             if self._runner is None:
                 self._runner = Runner(self.subject(), max_batch=self.options.max_batch)
             self._evaluators[finding.name] = Evaluator(self._runner, finding=finding,
-                                                      seed_offset=self.options.seed_offset)
+                                                      seed_offset=self.options.seed_offset,
+                                                      sequential=self.options.until_decided is not None)
         return self._evaluators[finding.name]
 
     def ledger(self, finding: Any = None) -> Any:
@@ -165,6 +167,22 @@ class HarnessSession:
             self._pairs[bank] = spread(load_pairs(bank) if bank else default_pairs(), self.options.pairs)
         return self._pairs[bank]
 
+    def pair_batches(self, finding: Any) -> Iterator[list[Any]]:
+        """The pairs a claim cell is evaluated on, growing: the run's pairs, then (with
+        ``--until-decided N``) batches of as many more, each spread over the groups of the pairs
+        left, up to N. The order is fixed before any result is seen, as the sequential test
+        requires; the caller stops taking batches once the cell is decided (see :func:`extends`).
+        """
+        from harness.prompts import default_pairs, growing, load_pairs
+
+        first = self.pairs(finding)
+        budget = self.options.until_decided
+        if budget is None:
+            yield first
+            return
+        bank = self.bank(finding)
+        yield from growing(load_pairs(bank) if bank else default_pairs(), first, budget)
+
     def settings(self, finding: Any = None) -> str:
         """What a verdict was measured with: the ledger key beside the model identity.
 
@@ -183,6 +201,7 @@ class HarnessSession:
                 "pairs": len(self.pairs(finding)), "seeds": o.seeds, "tokens": o.gen_tokens, "dtype": o.dtype,
                 "prompts": file_hash(bank or DEFAULT_PROMPTS)[:12], "rule": RULE_VERSION,
                 "family": self.finding_family(finding), "seed_offset": o.seed_offset,
+                **({"until_decided": o.until_decided} if o.until_decided is not None else {}),
             })
         return self._settings[finding.name]
 
@@ -214,6 +233,16 @@ class HarnessSession:
             "metrics": [{"name": m.name, "floor": m.floor, "description": m.description, "bounds": m.bounds}
                         for m in (finding or GENERIC).metric_table().values()],
         }
+
+
+def extends(row: Any) -> bool:
+    """Does a sequential run add pairs to this cell? Only to an undecided cell whose verdict
+    came from the sequential betting test: a minimal-KV-set cell (its set is searched on half of
+    the pairs, so it would change as pairs come) and a cell on a t interval (looking again
+    would inflate its error) are judged once, at the run's pairs."""
+    from harness.bounded import SEQUENTIAL_METHOD
+
+    return row.verdict == "inconclusive" and row.interval_method == SEQUENTIAL_METHOD
 
 
 def _is_worker(config: pytest.Config) -> bool:

@@ -35,15 +35,17 @@ def ratio_data(claim: Claim, cell: Any, metric: str) -> RatioData | None:
     """
     measure = claim.measure
     bounds = lookup_metric(metric).bounds
+    # A sequential run (pairs added until decided) tests in the order the pairs arrived.
+    order = getattr(cell, "order", None)
     if isinstance(measure, (Efficiency, Contrast)) and bounds is not None:
         ref = [cell.metric_by_pair(a, metric) for a in ("baseline", "champion")]
         if isinstance(measure, Efficiency):
-            return efficiency_data(cell.metric_by_pair(measure.arm, metric), *ref, bounds)
+            return efficiency_data(cell.metric_by_pair(measure.arm, metric), *ref, bounds, order)
         return contrast_data(cell.metric_by_pair(measure.arm, metric),
-                             cell.metric_by_pair(measure.versus, metric), *ref, bounds)
+                             cell.metric_by_pair(measure.versus, metric), *ref, bounds, order)
     if isinstance(measure, Interaction) and bounds is not None:
         arms = (measure.both, measure.first, measure.second, measure.neither, "baseline", "champion")
-        return interaction_data(*(cell.metric_by_pair(a, metric) for a in arms), bounds)
+        return interaction_data(*(cell.metric_by_pair(a, metric) for a in arms), bounds, order)
     parts = getattr(cell, "kv_set_parts", None)  # set by the cell's minimal_kv_set
     if isinstance(measure, MinimalKvSet) and bounds is not None and parts is not None:
         confirm, found, full = parts  # judged on the held-out pairs only
@@ -53,9 +55,9 @@ def ratio_data(claim: Claim, cell: Any, metric: str) -> RatioData | None:
     window = float(cell.protocol.window)
     if isinstance(measure, RvDifference):
         span = window - 1.0 / window
-        return mean_data(cell.rv_difference(measure.late, measure.early), (-span, span))
+        return mean_data(cell.rv_difference(measure.late, measure.early), (-span, span), order)
     if isinstance(measure, PrDifference):
-        return mean_data(cell.pr_difference(measure.layer), (1.0 - window, window - 1.0))
+        return mean_data(cell.pr_difference(measure.layer), (1.0 - window, window - 1.0), order)
     return None
 
 

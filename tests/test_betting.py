@@ -84,3 +84,58 @@ def test_values_outside_the_bounds_are_refused():
         reject_positive_mean(np.array([0.2, 1.5]), -1.0, 1.0, 0.05)
     with pytest.raises(ValueError, match="alpha"):
         reject_positive_mean(np.array([0.2, 0.5]), -1.0, 1.0, 1.0)
+
+
+def _loop_log_capital_path(x, lo, hi):
+    """The log capital after each step of one order, written out (see _loop_log_capital)."""
+    return [_loop_log_capital(x[:t], lo, hi) for t in range(1, len(x) + 1)]
+
+
+def test_the_sequential_capital_is_the_highest_point_of_one_step_by_step_bet_in_arrival_order():
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-0.4, 1.0, size=11)
+    path = _loop_log_capital_path(x, -0.5, 1.0)
+    assert log_capital(x, -0.5, 1.0, sequential=True) == pytest.approx(max(0.0, max(path)), abs=1e-12)
+    # the arrival order matters: reversed values give another path (the averaged form does not)
+    back = _loop_log_capital_path(x[::-1], -0.5, 1.0)
+    assert log_capital(x[::-1], -0.5, 1.0, sequential=True) == pytest.approx(max(0.0, max(back)), abs=1e-12)
+    assert max(path) != pytest.approx(max(back))
+    # a batch of data sets gives each set's own value
+    batch = rng.uniform(-0.5, 1.0, size=(4, 11))
+    one = [float(log_capital(b, -0.5, 1.0, sequential=True)) for b in batch]
+    assert log_capital(batch, -0.5, 1.0, sequential=True) == pytest.approx(one, rel=1e-12)
+
+
+def _stopped_rejections(x, lo, hi, alpha, looks, sequential):
+    """Reject when any look (the first n values, n in ``looks``) rejects: a run that adds
+    pairs until the cell is decided."""
+    out = np.zeros(x.shape[0], dtype=bool)
+    for n in looks:
+        out |= reject_positive_mean(x[:, :n], lo, hi, alpha, sequential=sequential)
+    return out
+
+
+@pytest.mark.parametrize("law", ["two-point", "zero-inflated"])
+def test_the_sequential_test_keeps_its_level_when_the_run_stops_at_its_first_rejection(law):
+    """Ten looks, 24 pairs apart, up to 240 pairs: the chance that any look rejects a true
+    null stays under alpha. The same looks with the fixed-n test hold no such promise."""
+    rng = np.random.default_rng(8)
+    runs, n, alpha = 3000, 240, 0.05
+    if law == "two-point":  # mass 0.3 at -1, the rest at 3/7: mean exactly 0
+        x, lo, hi = np.where(rng.random((runs, n)) < 0.3, -1.0, 0.3 / 0.7), -1.0, 1.0
+    else:  # 80% zeros, the rest lognormal, centred on its exact mean
+        raw = np.where(rng.random((runs, n)) < 0.8, 0.0, np.minimum(rng.lognormal(0, 1, (runs, n)) * 0.1, 1.0))
+        truth = 0.2 * np.mean(np.minimum(rng.lognormal(0, 1, 2_000_000) * 0.1, 1.0))
+        x, lo, hi = raw - truth, -truth, 1.0 - truth
+    looks = range(24, n + 1, 24)
+    rate = _stopped_rejections(x, lo, hi, alpha, looks, sequential=True).mean()
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def test_the_sequential_test_rejects_a_clear_mean_and_gains_power_as_pairs_come():
+    rng = np.random.default_rng(9)
+    x = np.clip(rng.normal(0.2, 0.5, size=(400, 240)), -1.0, 1.0)
+    early = reject_positive_mean(x[:, :24], -1.0, 1.0, 0.001, sequential=True).mean()
+    late = reject_positive_mean(x, -1.0, 1.0, 0.001, sequential=True).mean()
+    assert early < 0.2 and late > 0.8
+    assert reject_positive_mean(np.full(24, 0.5), -1.0, 1.0, 0.05, sequential=True)

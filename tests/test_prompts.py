@@ -12,7 +12,7 @@ from tiny import claims_finding
 from tokenizers import Tokenizer
 
 from harness.errors import PromptFileError
-from harness.prompts import DEFAULT_PROMPTS, Pair, default_pairs, load_pairs
+from harness.prompts import DEFAULT_PROMPTS, Pair, default_pairs, load_pairs, spread
 from harness.toy import TOY_MODEL_DIR
 
 
@@ -219,3 +219,19 @@ def test_a_byte_order_mark_at_the_start_of_a_prompts_file_is_accepted(tmp_path):
     path.write_bytes("\ufeff".encode() + (line + "\n").encode())
     (pair,) = load_pairs(path)
     assert (pair.id, pair.baseline, pair.champion) == ("a", "one two", "three four")
+
+
+def test_growing_lists_extend_each_other_in_spread_batches_up_to_the_budget():
+    from harness.prompts import growing
+
+    bank = default_pairs()
+    first = spread(bank, 24)
+    lists = growing(bank, first, 100)
+    assert lists[0] == first and [len(x) for x in lists] == [24, 48, 72, 96, 100]
+    for shorter, longer in zip(lists, lists[1:]):
+        assert longer[: len(shorter)] == shorter  # one arrival order: each list a prefix of the next
+    assert len({p.id for p in lists[-1]}) == 100
+    # each batch is spread over the groups of the pairs left: 24 groups, one pair of each
+    assert len({p.group for p in lists[1][24:]}) == 24
+    assert len(growing(bank, first, 10_000)[-1]) == len(bank)
+    assert growing(bank, first, 24) == [first]

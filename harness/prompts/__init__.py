@@ -24,7 +24,7 @@ from typing import Any
 
 from harness.errors import HarnessValueError, PromptFileError
 
-__all__ = ["Pair", "DEFAULT_PROMPTS", "load_pairs", "default_pairs", "spread", "pair_seeds", "file_hash"]
+__all__ = ["Pair", "DEFAULT_PROMPTS", "load_pairs", "default_pairs", "spread", "growing", "pair_seeds", "file_hash"]
 
 #: The bundled bank, in the toy model's vocabulary (baseline: factual register,
 #: champion: self-referential register), written by :mod:`harness.toy.bank`.
@@ -167,3 +167,17 @@ def spread(pairs: Sequence[Pair], n: int | None) -> list[Pair]:
         step = len(ix) / shares[g] if shares[g] else 0.0
         chosen.extend(ix[int(i * step)] for i in range(shares[g]))
     return [pairs[i] for i in sorted(chosen)]
+
+
+def growing(pairs: Sequence[Pair], first: Sequence[Pair], budget: int) -> list[list[Pair]]:
+    """The pair lists a sequential run evaluates a cell on: ``first``, then ``first`` plus a
+    batch of as many more, each batch spread (:func:`spread`) over the pairs of ``pairs`` not
+    yet taken, up to ``budget`` pairs or the whole bank. Each list extends the one before it,
+    so the pairs arrive in one order, fixed before any result is seen."""
+    lists = [list(first)]
+    limit = min(budget, len(pairs))
+    while len(lists[-1]) < limit:
+        taken = {p.id for p in lists[-1]}
+        left = [p for p in pairs if p.id not in taken]
+        lists.append(lists[-1] + spread(left, min(max(len(first), 1), limit - len(lists[-1]))))
+    return lists
