@@ -1,9 +1,46 @@
-"""Shared test settings for the harness's own tests."""
+"""Shared test settings for the harness's own tests.
+
+The default run leaves out the tests listed in ``slow.txt`` (each took 8 s or more on 2 CPU
+cores: whole claims runs in a subprocess, every family's identities over the bank) so that
+``pytest`` stays within a few minutes; ``--run-slow`` runs them too, as CI does. Regenerate the
+list from ``pytest tests --run-slow --durations=0``.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tiny import OPT_IN, opt_in
+
+SLOW = Path(__file__).with_name("slow.txt")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the harness's slow tests (tests/slow.txt; CI runs them)")
+
+
+def _slow_ids() -> set[str]:
+    return {line.strip() for line in SLOW.read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = _slow_ids()
+    for item in items:
+        if _test_id(item) in slow:
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("run_slow"):
+        return
+    kept = [item for item in items if item.get_closest_marker("slow") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
+def _test_id(item: pytest.Item) -> str:
+    """The item's id from the repository root, as ``--durations`` prints it."""
+    return "tests/" + item.nodeid.split("tests/", 1)[-1]
 
 
 @pytest.fixture(autouse=True)
