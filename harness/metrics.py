@@ -206,6 +206,18 @@ class Metric:
     per_sample: Callable[[str, str], float] | None = None
     bounds: tuple[float, float] | None = None
 
+    def __post_init__(self) -> None:
+        # Refused where the finding declares it, not at its first claim's efficiency.
+        try:
+            _check_floor(float(self.floor))
+        except (TypeError, ValueError) as exc:
+            raise HarnessValueError(f"metric {self.name!r}: {exc}") from None
+        if self.bounds is not None:
+            low, high = (float(b) for b in self.bounds)
+            if not low < high:
+                raise HarnessValueError(f"metric {self.name!r}: bounds {tuple(self.bounds)!r}; expected (low, high) "
+                                        "with low < high, or None for a metric without known bounds")
+
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("distinct_2", 0.05, "distinct word bigrams / all bigrams (1: no repetition)",

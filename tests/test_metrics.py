@@ -179,3 +179,18 @@ def test_efficiency_original_zero_on_non_positive_gap():
     assert efficiency_original(3.0, 2.0, 1.0) == 0.0
     # A tiny positive gap divides: the original's weakness that the floor exists for.
     assert efficiency_original(2.0, 1.0, 1.001) == pytest.approx(1000.0)
+
+
+@pytest.mark.parametrize("floor, bounds, words", [
+    (0.0, None, "floor must be > 0, got 0.0"),
+    (-1.0, (0.0, 1.0), "floor must be > 0, got -1.0"),
+    (0.05, (1.0, 1.0), "bounds (1.0, 1.0); expected (low, high) with low < high"),
+    (0.05, (1.0, 0.0), "bounds (1.0, 0.0); expected (low, high) with low < high"),
+])
+def test_a_metric_with_a_non_positive_floor_or_empty_bounds_is_refused_where_it_is_declared(floor, bounds, words):
+    from harness.metrics import Metric
+
+    with pytest.raises(HarnessValueError, match="metric 'rate': ") as info:
+        Metric("rate", floor, "a rate", lambda text, champion: 0.0, bounds)
+    assert words in str(info.value)
+    assert Metric("rate", 0.05, "a rate", None, (0.0, 1.0)).bounds == (0.0, 1.0)
