@@ -19,15 +19,8 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessError
+from harness.preflight import PROFILES
 from harness.session import HarnessSession, _is_worker, extends
-
-PROFILES = {
-    # name: (pairs, seeds, gen_tokens). quick: as many pairs (2 per group of the bundled
-    # bank) as keep the toy's claims suite under 3 minutes on 2 CPU cores.
-    "quick": (48, 6, 24),
-    "full": (None, 16, 200),
-}
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "claims harness (model under study, sampling, reports)")

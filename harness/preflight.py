@@ -19,6 +19,13 @@ from typing import Any
 
 from harness.errors import HarnessError, PreflightError
 
+PROFILES = {
+    # name: (pairs, seeds, gen_tokens). quick: as many pairs (spread over the groups of the
+    # bundled bank) as keep the toy's claims suite under 3 minutes on 2 CPU cores.
+    "quick": (48, 6, 24),
+    "full": (None, 16, 200),
+}
+
 __all__ = ["RunOptions", "preflight", "check_named", "check_memory", "MAX_GEN_TOKENS"]
 
 #: Longer generations need --allow-long: 5000 tokens on a real model is hours, not minutes.

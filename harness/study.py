@@ -237,9 +237,19 @@ def _populations() -> list[tuple[str, np.ndarray, tuple[float, float], float]]:
     return out
 
 
-def render_table(*, family: int, runs: int, runs_large: int, sizes: tuple[int, int] = (24, 200),
+def default_sizes() -> tuple[int, int]:
+    """The two cell sizes of the doc's table: the quick profile's pairs and the whole bundled bank's."""
+    from harness.preflight import PROFILES
+    from harness.prompts import default_pairs
+
+    return int(PROFILES["quick"][0]), len(default_pairs())
+
+
+def render_table(*, family: int, runs: int, runs_large: int, sizes: tuple[int, int] | None = None,
                  shift: float = 0.25) -> str:
-    """The markdown table of docs/statistics.md: every population at two cell sizes."""
+    """The markdown table of docs/statistics.md: every population at two cell sizes (default:
+    :func:`default_sizes`)."""
+    sizes = sizes or default_sizes()
     head = (f"Family {family}, threshold at the truth; {runs} runs at n = {sizes[0]}, {runs_large} at "
             f"n = {sizes[1]}; power: \"above truth - {shift:g}\" supported.\n\n"
             "| population | truth | n | betting: family-wise error (above / below) | coverage 95% | power "
@@ -271,8 +281,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--pairs-file", type=Path, metavar="F.jsonl",
                      help='one pair per line: {"arm": a, "baseline": b, "champion": c} (per-pair means)')
     src.add_argument("--scenario", choices=tuple(SCENARIOS), help="a synthetic population instead")
-    cmd.add_argument("--n", type=int, default=24, help="pairs per cell (default 24)")
-    cmd.add_argument("--family", type=int, default=44, help="cells per run: the Bonferroni family (default 44, the suite's)")
+    cmd.add_argument("--n", type=int, default=None, help="pairs per cell (default: the quick profile's)")
+    cmd.add_argument("--family", type=int, default=46, help="cells per run: the Bonferroni family (default 46, the suite's)")
     cmd.add_argument("--runs", type=int, default=2000, help="simulated runs (default 2000)")
     cmd.add_argument("--bounds", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                      help="bounds of the metric's per-pair means (default 0 1: a rate)")
@@ -283,9 +293,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--seed", type=int, default=0)
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     tab = commands.add_parser("table", help="regenerate the study table of docs/statistics.md")
-    tab.add_argument("--family", type=int, default=44, help="cells per run (harness_family_size)")
-    tab.add_argument("--runs", type=int, default=2000, help="runs at 24 pairs per cell")
-    tab.add_argument("--runs-large", type=int, default=200, help="runs at 200 pairs per cell")
+    tab.add_argument("--family", type=int, default=46, help="cells per run (harness_family_size)")
+    tab.add_argument("--runs", type=int, default=2000, help="runs at the quick profile's pairs per cell")
+    tab.add_argument("--runs-large", type=int, default=200, help="runs at the whole bank's pairs per cell")
     tab.add_argument("--write", type=Path, metavar="DOC", help="write it into DOC between the markers")
     return parser
 
@@ -316,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if pop.min() < low or pop.max() > high:
         raise HarnessValueError(f"{source}: values from {pop.min():.4g} to {pop.max():.4g} lie outside the bounds "
                                 f"[{low:g}, {high:g}] of {scale}; give the bounds of the metric the file measures.")
-    res = study(pop, n=args.n, family=args.family, runs=args.runs, bounds=bounds, floor=floor,
+    res = study(pop, n=args.n or default_sizes()[0], family=args.family, runs=args.runs, bounds=bounds, floor=floor,
                 shift=args.shift, seed=args.seed, source=source)
     if args.json:
         print(json.dumps(asdict(res)))
