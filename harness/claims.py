@@ -62,7 +62,8 @@ class Context(TypingProtocol):
 
     def geometry_shift(self, arm: Intervention, late: int, early: int) -> dict[str, float]: ...
 
-    def minimal_kv_set(self, share: float, block: int, metric: str) -> dict[str, float]: ...
+    def minimal_kv_set(self, share: float, block: int, metric: str,
+                       search_seeds: int | None = None) -> dict[str, float]: ...
 
 
 def _check_metric(metric: str | None) -> None:
@@ -239,11 +240,16 @@ class MinimalKvSet:
     half of the pairs; the value per pair, on the other half only, is efficiency(set) -
     ``share`` x efficiency(all layers): above 0 when the set found keeps the share on
     pairs it was not chosen on.
+
+    The search samples ``search_seeds`` seeds per pair (None: the run's seeds): it only
+    chooses the set, and the verdict rests on the held-out half with every seed, so a cheaper
+    search costs at most a worse choice, never the test's validity.
     """
 
     share: float = 0.8
     block: int = 4
     metric: str | None = None
+    search_seeds: int | None = 2
 
     protocol_independent = False
 
@@ -252,6 +258,9 @@ class MinimalKvSet:
         if not 0 < self.share <= 1 or self.block < 1 or 32 % self.block:
             raise HarnessValueError(f"MinimalKvSet(share={self.share}, block={self.block}): expected 0 < share "
                                     "<= 1 and a block size that divides 32")
+        if self.search_seeds is not None and (not isinstance(self.search_seeds, int) or self.search_seeds < 1):
+            raise HarnessValueError(f"MinimalKvSet(search_seeds={self.search_seeds!r}): expected a positive "
+                                    "number of seeds, or None for the run's seeds")
 
     @property
     def arms(self) -> tuple[Intervention, ...]:
@@ -262,7 +271,7 @@ class MinimalKvSet:
                 f"{metric}, on held-out pairs")
 
     def per_pair(self, ctx: Context, metric: str) -> dict[str, float]:
-        return ctx.minimal_kv_set(self.share, self.block, metric)
+        return ctx.minimal_kv_set(self.share, self.block, metric, self.search_seeds)
 
 
 Measure = Efficiency | Contrast | Interaction | RvDifference | PrDifference | GeometryShift | MinimalKvSet

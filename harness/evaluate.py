@@ -142,18 +142,24 @@ class _Cell:
         return {pid: (value[pid] - base[pid]) / gap if abs(gap) >= GEOMETRY_FLOOR else math.nan
                 for pid, gap in self.rv_gaps.items()}
 
-    def minimal_kv_set(self, share: float, block: int, metric: str) -> dict[str, float]:
-        """Greedy removal of layer blocks on the even-indexed pairs; values on the odd ones."""
-        search = _Cell(self.ev, self.pairs[0::2], self.protocol, self.n_seeds)
+    def minimal_kv_set(self, share: float, block: int, metric: str,
+                       search_seeds: int | None = None) -> dict[str, float]:
+        """Greedy removal of layer blocks on the even-indexed pairs, with ``search_seeds`` seeds
+        each (None: the run's); values on the odd ones, with every seed."""
+        seeds = self.n_seeds if search_seeds is None else min(search_seeds, self.n_seeds)
+        search = _Cell(self.ev, self.pairs[0::2], self.protocol, seeds)
         confirm = _Cell(self.ev, self.pairs[1::2], self.protocol, self.n_seeds)
         full = Intervention("kv-only", kv_layers="all")
         target = share * mean(search.efficiencies(full, metric).values())
         blocks = [tuple(range(b, b + block)) for b in range(0, 32, block)]
         kept = list(blocks)
-        self.notes.append(f"search on {len(search.pairs)} pairs: full KV {target / share:.3g}, target "
-                          f"{share:g} x that = {target:.3g}")
+        self.notes.append(f"search on {len(search.pairs)} pairs x {seeds} seeds: full KV {target / share:.3g}, "
+                          f"target {share:g} x that = {target:.3g}")
         while len(kept) > 1:
             trials = []
+            # Every candidate of this round in shared generate calls (memoised for the loop below).
+            self.ev.runner.run_kv_arms(search.pairs, [_kv_arm([x for x in kept if x != b]) for b in kept],
+                                       self.protocol, {p.id: p.seeds(seeds, self.ev.seed_offset) for p in search.pairs})
             for b in kept:
                 rest = [x for x in kept if x != b]
                 arm = _kv_arm(rest)

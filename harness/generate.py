@@ -148,6 +148,46 @@ class Runner(PromptData, PatchSources, Scoring):
                 bar.done()
         return [self._runs[keys[p.id]] for p in pairs]
 
+    def run_kv_arms(self, pairs: Sequence[Any], arms: Sequence[Intervention], protocol: Protocol,
+                    seeds: Mapping[str, Sequence[int]]) -> None:
+        """Many KV-only arms (a splice, no patch or edit) on many pairs, memoised as by
+        :meth:`run_many`, which then finds them: their rows differ only in their caches, so
+        they share generate calls (a search over layer sets is many small arms, and a call's
+        cost on a small model is mostly per step, not per row)."""
+        for arm in arms:
+            if not (isinstance(arm, Intervention) and arm.kv_layers and not arm.patches and not arm.edits):
+                raise HarnessValueError(f"run_kv_arms: {arm!r} is not a KV-only arm; use run_many")
+        chosen = {p.id: tuple(int(s) for s in seeds[p.id]) for p in pairs}
+        items = [(p, arm, (p.baseline, p.champion, p.id, arm, protocol, chosen[p.id]))
+                 for arm in dict.fromkeys(arms) for p in dict.fromkeys(pairs)]
+        items = [it for it in items if it[2] not in self._runs]
+        longest = max((self.ids(p.baseline).shape[1] + 1 for p, _, _ in items), default=1) + protocol.gen_tokens
+        limit = batch_rows(self.model, longest, self.max_batch)
+        chunks: list[list[tuple]] = []
+        for it in items:
+            if not chunks or sum(len(chosen[p.id]) for p, _, _ in chunks[-1]) + len(chosen[it[0].id]) > limit:
+                chunks.append([])
+            chunks[-1].append(it)
+        if not chunks:
+            return
+        bar = progress.current()
+        bar.start(f"{len(dict.fromkeys(arms))} KV arms", rows_total=sum(len(chosen[p.id]) for p, _, _ in items),
+                  tokens_per_row=protocol.gen_tokens)
+        try:
+            for chunk in chunks:
+                prepared = []
+                for arm in dict.fromkeys(a for _, a, _ in chunk):  # arms in chunk order, pairs within each
+                    prepared += self._prepare_many([p for p, a, _ in chunk if a == arm], arm, protocol, chosen)
+                ids, mask, snap, _ = self._stack(prepared)
+                check_rope_switch(self.model.config, ids.shape[1] + protocol.gen_tokens)
+                raw = self._generate(ids, mask, snap, protocol, tuple(s for p in prepared for s in p.seeds),
+                                     self._top_k(chunk[0][1], protocol))
+                order = [it for arm in dict.fromkeys(a for _, a, _ in chunk) for it in chunk if it[1] == arm]
+                self._store(prepared, [a for _, a, _ in order], raw, [], protocol, [k for _, _, k in order])
+                bar.advance(rows=sum(len(p.seeds) for p in prepared))
+        finally:
+            bar.done()
+
     def _run_chunk(self, pairs: Sequence[Any], arm: str | Intervention, protocol: Protocol,
                    seeds: Mapping[str, Sequence[int]], keys: Mapping[str, tuple]) -> None:
         prepared = self._prepare_many(pairs, arm, protocol, {p.id: tuple(int(s) for s in seeds[p.id])
@@ -158,19 +198,23 @@ class Runner(PromptData, PatchSources, Scoring):
         check_rope_switch(self.model.config, ids.shape[1] + protocol.gen_tokens)
         with self._installed(prepared, specs, pads) as handles:
             raw = self._generate(ids, mask, snap, protocol, flat, self._top_k(arm, protocol))
-        name = arm if isinstance(arm, str) else arm.name
-        kv_layers = arm.mapped_kv_layers(self.layout.n_layers) if isinstance(arm, Intervention) else ()
+        self._store(prepared, [arm] * len(prepared), raw, handles, protocol, [keys[p.pair.id] for p in prepared],
+                    patched=bool(specs or edit_specs(arm, protocol.patch_phases)))
+
+    def _store(self, prepared: Sequence[_Prepared], arms: Sequence[str | Intervention], raw: torch.Tensor,
+               handles: Sequence[Any], protocol: Protocol, keys: Sequence[tuple], patched: bool = False) -> None:
+        """Each prepared pair's rows of ``raw`` (its seeds, in order) as its arm's memoised result."""
         offset = 0
-        for i, p in enumerate(prepared):
+        for i, (p, arm) in enumerate(zip(prepared, arms)):
             rows = self._until_eos(raw[offset : offset + len(p.seeds)], protocol)
             offset += len(p.seeds)
             counts = _summed(p.prefill_counts + tuple(c for h in handles for c in h.group_counts(i)))
             texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
-            self._runs[keys[p.pair.id]] = ArmResult(
-                p.pair.id, name, protocol.name, p.seeds, tuple(tuple(r) for r in rows), texts,
-                patch_counts=counts, kv_layers=kv_layers,
-                declared_phases=protocol.patch_phases if specs or edit_specs(arm, protocol.patch_phases) else (),
-                kv_changed=p.kv_changed)
+            kv_layers = arm.mapped_kv_layers(self.layout.n_layers) if isinstance(arm, Intervention) else ()
+            self._runs[keys[i]] = ArmResult(
+                p.pair.id, arm if isinstance(arm, str) else arm.name, protocol.name, p.seeds,
+                tuple(tuple(r) for r in rows), texts, patch_counts=counts, kv_layers=kv_layers,
+                declared_phases=protocol.patch_phases if patched else (), kv_changed=p.kv_changed)
 
     def alignment(self, protocol: Protocol) -> str:
         """The splice alignment ``protocol`` uses on this subject: ``align``, or

@@ -145,14 +145,19 @@ def test_minimal_kv_set_searches_on_half_and_confirms_on_the_other(evaluator):
 
     pairs = spread(default_pairs(), 6)
     claim = Claim("m", "s", SOURCE, MinimalKvSet(share=0.5, block=16), threshold=0.0, direction="above")
-    evaluation = run(evaluator, claim, pairs, CORRECTED, tokens=8)
+    evaluation = run(evaluator, claim, pairs, CORRECTED, tokens=8, seeds=3)
     row = evaluation.row
     assert row.n_pairs <= 3  # the held-out half only
-    assert row.notes[0].startswith("search on 3 pairs") and "set found" in row.notes[-1]
+    assert "set found" in row.notes[-1]
     assert row.kv_layers in ("0..15", "16..31", "all(32)")
     held_out = {p.id for p in pairs[1::2]}
     found = [s for s in evaluation.samples if s.arm.startswith("kv@") and s.arm != "kv-only"]
     assert {s.pair for s in found} <= held_out
+    # The search chose with 2 seeds a pair (the default search_seeds); the held-out half, which
+    # the verdict rests on, has every seed of the run.
+    assert row.notes[0].startswith("search on 3 pairs x 2 seeds")
+    assert all(len({s.seed for s in evaluation.samples if s.pair == p and s.arm == a}) == row.n_seeds == 3
+               for p in held_out for a in {s.arm for s in evaluation.samples})
 
 
 def test_the_interaction_is_the_four_efficiencies_combined(evaluator, pairs):

@@ -7,8 +7,8 @@ import torch
 import transformers
 
 from tiny import KV_ONLY, L27_V, NOTHING, RELAY
-from harness.errors import HarnessLookupError
-from harness.generate import CORRECTED, ORIGINAL, Runner, get_protocol
+from harness.errors import HarnessLookupError, HarnessValueError
+from harness.generate import CORRECTED, ORIGINAL, Intervention, Runner, get_protocol
 from harness.model import load_subject
 from harness.prompts import Pair, default_pairs, spread
 
@@ -142,6 +142,27 @@ def test_the_batch_size_does_not_change_the_results():
     small = runner.run_many(pairs, L27_V, short(CORRECTED), seeds)
     assert [r.tokens for r in big] == [r.tokens for r in small]
     assert runner.calls == len(pairs)
+
+
+@pytest.mark.parametrize("protocol", [CORRECTED, ORIGINAL], ids=lambda p: p.name)
+def test_kv_arms_run_together_give_what_each_arm_gives_alone(protocol):
+    """Three layer sets on 4 pairs in shared generate calls (rows of all arms in one batch),
+    against each arm run alone on a fresh runner: the same tokens, splice counts and names."""
+    pairs = spread(default_pairs(), 4)
+    seeds = {p.id: p.seeds(3) for p in pairs}
+    arms = [Intervention(f"kv@{a}..{b}", kv_layers=tuple(range(a, b + 1))) for a, b in ((0, 7), (8, 31), (16, 23))]
+    together = Runner(load_subject())
+    together.run_kv_arms(pairs, arms, short(protocol), seeds)
+    assert together.calls == 1  # 36 rows: one call
+    for arm in arms:
+        alone = Runner(load_subject()).run_many(pairs, arm, short(protocol), seeds)
+        found = together.run_many(pairs, arm, short(protocol), seeds)  # memoised: no new call
+        assert [r.tokens for r in found] == [r.tokens for r in alone]
+        assert [(r.arm, r.kv_changed, r.kv_layers, r.seeds) for r in found] == \
+            [(r.arm, r.kv_changed, r.kv_layers, r.seeds) for r in alone]
+    assert together.calls == 1
+    with pytest.raises(HarnessValueError, match="is not a KV-only arm"):
+        together.run_kv_arms(pairs, [L27_V], short(protocol), seeds)
 
 
 def test_corrected_no_intervention_is_the_baseline_run_once(runner, pair):
