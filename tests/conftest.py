@@ -25,6 +25,7 @@ def _slow_ids() -> set[str]:
     return {line.strip() for line in SLOW.read_text().splitlines() if line.strip() and not line.startswith("#")}
 
 
+@pytest.hookimpl(tryfirst=True)  # the marks are in place before ``-m`` selects on them
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     slow = _slow_ids()
     for item in items:
