@@ -334,3 +334,14 @@ def test_the_metrics_a_run_recorded_are_the_ones_explained():
     recorded = {"metrics": [{"name": "my_rate", "floor": 0.05, "description": "my words per word"}]}
     assert metric_lines(recorded) == ["- `my_rate` (floor 0.05, no known bounds): my words per word"]
     assert any(line.startswith("- `distinct_2` (floor") for line in metric_lines({}))
+
+
+def test_how_to_read_explains_sequential_cells_only_when_the_run_has_them(tmp_path: Path) -> None:
+    from harness.bounded import BETTING_METHOD, SEQUENTIAL_METHOD
+
+    for method, said in ((SEQUENTIAL_METHOD, True), (BETTING_METHOD, False)):
+        row, samples = cell("kv-only-fails", "corrected", verdict="refuted")
+        path = write_run(tmp_path / method[:10], [(dataclasses.replace(row, interval_method=method), samples)])
+        render(path)
+        text = _md(path)
+        assert ("anytime-valid), so stopping at the first decision keeps the same promise" in text) is said

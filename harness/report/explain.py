@@ -104,8 +104,15 @@ def _interval_words(rows: Sequence[ClaimRow]) -> str:
             "`no_guarantee` (a geometry shift: no known bounds) and the `champion_logprob` "
             "columns use a Student t interval on per-pair values, with no such promise. "
             "The price of the guarantee is pairs: few pairs decide only large effects. For inconclusive "
-            f"cells the MDE is the interval's half-width. Interval methods in this run: {methods}. Details "
+            f"cells the MDE is the interval's half-width. Interval methods in this run: {methods}."
+            f"{_SEQUENTIAL_WORDS if any('anytime-valid' in r.interval_method for r in rows) else ''} Details "
             "and measured error rates: `docs/statistics.md`.")
+
+
+_SEQUENTIAL_WORDS = (" The sequential cells (`--until-decided`) took pairs in batches until decided or out of "
+                     "budget, in an order fixed before any result; their test holds at every number of pairs at "
+                     "once (anytime-valid), so stopping at the first decision keeps the same promise. Their pair "
+                     "count is in the pairs column.")
 
 
 def _seed_words(provenance: Mapping[str, Any]) -> list[str]:
