@@ -122,10 +122,10 @@ def ratio_interval(data: RatioData, level: float) -> Interval:
     denominator is not shown positive, NaN with fewer than 2 pairs."""
     alpha = (1.0 - level) / 2.0
     est, n = data.estimate(), data.n
-    if n < 2:
-        return Interval(est, math.nan, math.nan, n, level, SEQUENTIAL_METHOD if data.sequential else BETTING_METHOD)
-    den = np.asarray(data.den, dtype=np.float64)
     method = SEQUENTIAL_METHOD if data.sequential else BETTING_METHOD
+    if n < 2:
+        return Interval(est, math.nan, math.nan, n, level, method)
+    den = np.asarray(data.den, dtype=np.float64)
     if not reject_positive_mean(data.x @ den, *linear_bounds(den, data.low, data.high), alpha, data.sequential):
         return Interval(est, -math.inf, math.inf, n, level, method)
     start = est if math.isfinite(est) else 0.0

@@ -80,11 +80,14 @@ class _Cell:
         """The pair ids in the order they arrived, when the evaluator tests sequentially."""
         return [p.id for p in self.pairs] if self.ev.sequential else None
 
+    def seeds(self) -> dict[str, tuple[int, ...]]:
+        """Each pair's seeds in this cell (the run's seed set)."""
+        return {p.id: p.seeds(self.n_seeds, self.ev.seed_offset) for p in self.pairs}
+
     def results(self, arm: str | Intervention) -> dict[str, ArmResult]:
         """The arm on every pair, in one batched call (memoised by the runner)."""
-        seeds = {p.id: p.seeds(self.n_seeds, self.ev.seed_offset) for p in self.pairs}
         out = {}
-        for pair, res in zip(self.pairs, self.ev.runner.run_many(self.pairs, arm, self.protocol, seeds)):
+        for pair, res in zip(self.pairs, self.ev.runner.run_many(self.pairs, arm, self.protocol, self.seeds())):
             out[pair.id] = res
             self.used[f"{pair.id}\0{res.arm}"] = res
         return out
@@ -156,14 +159,11 @@ class _Cell:
         self.notes.append(f"search on {len(search.pairs)} pairs x {seeds} seeds: full KV {target / share:.3g}, "
                           f"target {share:g} x that = {target:.3g}")
         while len(kept) > 1:
-            trials = []
-            # Every candidate of this round in shared generate calls (memoised for the loop below).
-            self.ev.runner.run_kv_arms(search.pairs, [_kv_arm([x for x in kept if x != b]) for b in kept],
-                                       self.protocol, {p.id: p.seeds(seeds, self.ev.seed_offset) for p in search.pairs})
-            for b in kept:
-                rest = [x for x in kept if x != b]
-                arm = _kv_arm(rest)
-                trials.append((mean(search.efficiencies(arm, metric).values()), b, rest))
+            candidates = [(b, [x for x in kept if x != b]) for b in kept]
+            # Every candidate of this round in shared generate calls (memoised for the efficiencies below).
+            self.ev.runner.run_kv_arms(search.pairs, [_kv_arm(rest) for _, rest in candidates], self.protocol,
+                                       search.seeds())
+            trials = [(mean(search.efficiencies(_kv_arm(rest), metric).values()), b, rest) for b, rest in candidates]
             best, removed, rest = max(trials, key=lambda t: (t[0], -t[1][0]))
             if not best >= target:
                 self.notes.append(f"stop: removing any block leaves at most {best:.3g} < {target:.3g}")

@@ -122,20 +122,9 @@ class Runner(PromptData, PatchSources, Scoring):
         if isinstance(arm, Intervention) and arm.does_nothing and not protocol.refeed_last:
             base = self.run_many(pairs, "baseline", protocol, seeds)
             return [dataclasses.replace(r, arm=arm.name, same_as="baseline") for r in base]
-        keys = {}
-        for pair in pairs:
-            chosen = tuple(int(s) for s in seeds[pair.id])
-            if not chosen:
-                raise HarnessValueError(f"no seeds given for pair {pair.id}; pass at least one seed")
-            keys[pair.id] = (pair.baseline, pair.champion, pair.id, arm, protocol, chosen)
+        keys = {pair.id: self._key(pair, arm, protocol, seeds[pair.id]) for pair in pairs}
         todo = [p for p in dict.fromkeys(pairs) if keys[p.id] not in self._runs]
-        longest = max((self.ids(p.baseline).shape[1] + 1 for p in todo), default=1) + protocol.gen_tokens
-        limit = batch_rows(self.model, longest, self.max_batch)
-        chunks: list[list[Any]] = []
-        for pair in todo:
-            if not chunks or sum(len(seeds[p.id]) for p in chunks[-1]) + len(seeds[pair.id]) > limit:
-                chunks.append([])
-            chunks[-1].append(pair)
+        chunks = self._chunks(todo, lambda pair: pair, seeds, protocol)
         if chunks:
             bar = progress.current()
             bar.start(arm if isinstance(arm, str) else arm.name,
@@ -158,16 +147,11 @@ class Runner(PromptData, PatchSources, Scoring):
             if not (isinstance(arm, Intervention) and arm.kv_layers and not arm.patches and not arm.edits):
                 raise HarnessValueError(f"run_kv_arms: {arm!r} is not a KV-only arm; use run_many")
         chosen = {p.id: tuple(int(s) for s in seeds[p.id]) for p in pairs}
-        items = [(p, arm, (p.baseline, p.champion, p.id, arm, protocol, chosen[p.id]))
+        # Arm by arm, so that each chunk's pairs prepared arm by arm keep the chunk's order.
+        items = [(p, arm, self._key(p, arm, protocol, chosen[p.id]))
                  for arm in dict.fromkeys(arms) for p in dict.fromkeys(pairs)]
         items = [it for it in items if it[2] not in self._runs]
-        longest = max((self.ids(p.baseline).shape[1] + 1 for p, _, _ in items), default=1) + protocol.gen_tokens
-        limit = batch_rows(self.model, longest, self.max_batch)
-        chunks: list[list[tuple]] = []
-        for it in items:
-            if not chunks or sum(len(chosen[p.id]) for p, _, _ in chunks[-1]) + len(chosen[it[0].id]) > limit:
-                chunks.append([])
-            chunks[-1].append(it)
+        chunks = self._chunks(items, lambda it: it[0], chosen, protocol)
         if not chunks:
             return
         bar = progress.current()
@@ -176,17 +160,41 @@ class Runner(PromptData, PatchSources, Scoring):
         try:
             for chunk in chunks:
                 prepared = []
-                for arm in dict.fromkeys(a for _, a, _ in chunk):  # arms in chunk order, pairs within each
+                for arm in dict.fromkeys(a for _, a, _ in chunk):
                     prepared += self._prepare_many([p for p, a, _ in chunk if a == arm], arm, protocol, chosen)
                 ids, mask, snap, _ = self._stack(prepared)
                 check_rope_switch(self.model.config, ids.shape[1] + protocol.gen_tokens)
                 raw = self._generate(ids, mask, snap, protocol, tuple(s for p in prepared for s in p.seeds),
                                      self._top_k(chunk[0][1], protocol))
-                order = [it for arm in dict.fromkeys(a for _, a, _ in chunk) for it in chunk if it[1] == arm]
-                self._store(prepared, [a for _, a, _ in order], raw, [], protocol, [k for _, _, k in order])
+                self._store(prepared, [a for _, a, _ in chunk], raw, [], protocol, [k for _, _, k in chunk])
                 bar.advance(rows=sum(len(p.seeds) for p in prepared))
         finally:
             bar.done()
+
+    @staticmethod
+    def _key(pair: Any, arm: str | Intervention, protocol: Protocol, seeds: Sequence[int]) -> tuple:
+        """The memo key of one pair's arm: what determines its result (never a name)."""
+        chosen = tuple(int(s) for s in seeds)
+        if not chosen:
+            raise HarnessValueError(f"no seeds given for pair {pair.id}; pass at least one seed")
+        return (pair.baseline, pair.champion, pair.id, arm, protocol, chosen)
+
+    def _chunks(self, items: Sequence[Any], pair_of: Any, seeds: Mapping[str, Sequence[int]],
+                protocol: Protocol) -> list[list[Any]]:
+        """``items`` in order, cut into generate calls of at most the batch limit's rows (each
+        item is the seeds of ``pair_of(item)``)."""
+        longest = max((self.ids(pair_of(it).baseline).shape[1] + 1 for it in items), default=1) + protocol.gen_tokens
+        limit = batch_rows(self.model, longest, self.max_batch)
+        chunks: list[list[Any]] = []
+        rows: list[int] = []
+        for it in items:
+            n = len(seeds[pair_of(it).id])
+            if not chunks or rows[-1] + n > limit:
+                chunks.append([])
+                rows.append(0)
+            chunks[-1].append(it)
+            rows[-1] += n
+        return chunks
 
     def _run_chunk(self, pairs: Sequence[Any], arm: str | Intervention, protocol: Protocol,
                    seeds: Mapping[str, Sequence[int]], keys: Mapping[str, tuple]) -> None:

@@ -22,6 +22,7 @@ from harness.errors import HarnessError
 from harness.preflight import PROFILES
 from harness.session import HarnessSession, _is_worker, extends
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "claims harness (model under study, sampling, reports)")
     group.addoption("--model", default=None, metavar="PATH_OR_ID",

@@ -85,7 +85,8 @@ def preflight(options: RunOptions) -> None:
 
 def check_named(options: RunOptions, ledger: str | None, pairs: int | None) -> None:
     """What the user named explicitly must exist as named: a ``--ledger`` file (a missing one is not
-    an empty ledger), ``--pairs`` within the bank (not silently clipped to it)."""
+    an empty ledger), ``--pairs`` within the bank (not silently clipped to it), an
+    ``--until-decided`` budget from the run's pairs to the bank's."""
     from harness.prompts import default_pairs, load_pairs
 
     if ledger is not None and not Path(ledger).is_file():
@@ -94,14 +95,13 @@ def check_named(options: RunOptions, ledger: str | None, pairs: int | None) -> N
             f"--ledger {ledger!r}: {what}; expected a TOML file of known verdicts such as claims/ledger.toml; "
             "fix the path, or leave --ledger out for the rootdir's claims/ledger.toml")
     bank = load_pairs(options.prompts) if options.prompts is not None else default_pairs()
+    where = f"--prompts {options.prompts}" if options.prompts is not None else "the bundled toy bank"
     if pairs is not None and pairs > len(bank):
-        where = f"--prompts {options.prompts}" if options.prompts is not None else "the bundled toy bank"
         raise PreflightError(
             f"--pairs {pairs}: {where} has {len(bank)} pairs; expected at most {len(bank)}; "
             f"pass --pairs {len(bank)} (or fewer), or --profile full for every pair")
     budget = options.until_decided
     if budget is not None:
-        where = f"--prompts {options.prompts}" if options.prompts is not None else "the bundled toy bank"
         start = min(options.pairs or len(bank), len(bank))
         if not start <= budget <= len(bank):
             raise PreflightError(

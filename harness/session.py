@@ -40,6 +40,7 @@ class HarnessSession:
         self._evaluators: dict[str, Any] = {}
         self._ledgers: dict[str, Any] = {}
         self._pairs: dict[Path | None, list[Any]] = {}
+        self._growing: dict[Path | None, list[list[Any]]] = {}
         self._settings: dict[str, str] = {}
         self.previous_progress: Any = None
 
@@ -181,7 +182,9 @@ class HarnessSession:
             yield first
             return
         bank = self.bank(finding)
-        yield from growing(load_pairs(bank) if bank else default_pairs(), first, budget)
+        if bank not in self._growing:  # read and spread once per bank, not per claim
+            self._growing[bank] = growing(load_pairs(bank) if bank else default_pairs(), first, budget)
+        yield from self._growing[bank]
 
     def settings(self, finding: Any = None) -> str:
         """What a verdict was measured with: the ledger key beside the model identity.

@@ -34,8 +34,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("run_slow"):
         return
     kept = [item for item in items if item.get_closest_marker("slow") is None]
-    if len(kept) < len(items):
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    left_out = [item for item in items if item.get_closest_marker("slow") is not None]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
         items[:] = kept
 
 
