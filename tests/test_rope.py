@@ -22,6 +22,11 @@ from harness.errors import HarnessValueError
 from harness.kv import prefill, splice
 from harness.layouts import layout_for
 
+#: transformers 4.x's Phi-3 config takes LongRoPE only as {type, short_factor, long_factor};
+#: these tests write their configs the 5.x way.
+LONGROPE_CONFIGS_5X = pytest.mark.skipif(not transformers.__version__.startswith("5"),
+                                         reason="Phi-3 LongRoPE configs written the transformers 5.x way")
+
 THRESHOLD = 32
 HALF = 4  # head_dim 8 -> 4 frequencies
 ROPES = {
@@ -111,7 +116,7 @@ def test_dynamic_ntk_beyond_the_original_context_is_refused_in_one_line() -> Non
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.skipif(not transformers.__version__.startswith("5"), reason="transformers 4.x's Phi-3 config takes LongRoPE only as {type, short_factor, long_factor}; these configs are written the 5.x way")
+@LONGROPE_CONFIGS_5X
 @pytest.mark.parametrize("ls, lt", [(20, 45), (45, 20)])
 def test_phi3_longrope_moves_keys_across_the_threshold(ls: int, lt: int) -> None:
     """Phi-3.5's own configuration: fused qkv, partial rotary, LongRoPE with the threshold at 32."""
@@ -137,7 +142,7 @@ def test_phi3_longrope_moves_keys_across_the_threshold(ls: int, lt: int) -> None
             torch.testing.assert_close(spliced.keys[i][:, :, lt - n :], expected[:, :, ls - n :], **TOL)
 
 
-@pytest.mark.skipif(not transformers.__version__.startswith("5"), reason="transformers 4.x's Phi-3 config takes LongRoPE only as {type, short_factor, long_factor}; these configs are written the 5.x way")
+@LONGROPE_CONFIGS_5X
 def test_a_run_that_crosses_the_longrope_switch_is_refused_and_one_below_it_runs() -> None:
     """Batched prompts on both sides of the switch, or a generation across it, would mix two factor
     sets: the runner refuses; with the switch beyond every sequence the corrected arm runs."""
