@@ -217,10 +217,11 @@ def splice(
     rotary_emb: Any = None,
     keep_first: int = 1,
 ) -> KVSnapshot:
-    """Write the source's KV into the target's, for the given layers; return a fresh snapshot.
+    """Write the source's KV into the target's, for the given layers; return a new snapshot.
 
     The result has the target's length ``len_t``; layers outside ``layers`` (see
-    :func:`resolve_layers`) are the target's, and neither input is modified.
+    :func:`resolve_layers`) are the target's tensors themselves (snapshots are never written
+    into), and neither input is modified.
     Alignments, with ``len_s`` the source's length:
 
     - ``"right"`` (the original protocol's): ``n = min(len_t, len_s)``; the
@@ -270,17 +271,20 @@ def splice(
     n = min(len_t, len_s) - (keep_first if align == "right-rerotated" else 0)
     keys, values = [], []
     for i in range(target.n_layers):
+        if i not in chosen or n <= 0:  # snapshots are never written into: share the target's
+            keys.append(target.keys[i])
+            values.append(target.values[i])
+            continue
         k, v = target.keys[i].clone(), target.values[i].clone()
-        if i in chosen and n > 0:
-            sk, sv = source.keys[i], source.values[i]
-            if align == "left":
-                k[:, :, :n] = sk[:, :, :n].to(k.device, k.dtype)
-                v[:, :, :n] = sv[:, :, :n].to(v.device, v.dtype)
-            else:
-                if align == "right-rerotated":
-                    sk = rope.move(sk[:, :, len_s - n :], i, len_s, len_t)
-                k[:, :, len_t - n :] = sk[:, :, -n:].to(k.device, k.dtype)
-                v[:, :, len_t - n :] = sv[:, :, len_s - n :].to(v.device, v.dtype)
+        sk, sv = source.keys[i], source.values[i]
+        if align == "left":
+            k[:, :, :n] = sk[:, :, :n].to(k.device, k.dtype)
+            v[:, :, :n] = sv[:, :, :n].to(v.device, v.dtype)
+        else:
+            if align == "right-rerotated":
+                sk = rope.move(sk[:, :, len_s - n :], i, len_s, len_t)
+            k[:, :, len_t - n :] = sk[:, :, -n:].to(k.device, k.dtype)
+            v[:, :, len_t - n :] = sv[:, :, len_s - n :].to(v.device, v.dtype)
         keys.append(k)
         values.append(v)
     return KVSnapshot(keys=tuple(keys), values=tuple(values))
@@ -295,6 +299,8 @@ def changed_values(before: KVSnapshot, after: KVSnapshot) -> int:
     """
     total = 0
     for old, new in zip((*before.keys, *before.values), (*after.keys, *after.values)):
+        if new is old:  # a layer the splice left alone shares the target's tensor
+            continue
         tol = 1e-4 if old.dtype == torch.float32 else 1e-2
         total += int((~torch.isclose(new.float(), old.float(), rtol=tol, atol=tol)).sum())
     return total

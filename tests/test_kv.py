@@ -149,12 +149,16 @@ def test_snapshots_are_never_mutated(name: str, length: int, steps: int, align: 
         forward(m, torch.tensor([[7 + step]]), cache=cache)
     assert cache.get_seq_length() == length + steps
     assert same_tensors(snap, saved)
-    # A splice returns fresh tensors and leaves both inputs alone.
+    # A splice returns fresh tensors for the layers it writes and leaves both inputs alone.
     other = snapshot(output_cache(forward(m, random_prompt(5, 99))))
     other_saved = clones(other)
     result = splice(snap, other, "all", align, rotary_emb=m.model.rotary_emb)
     result.keys[0].add_(1.0)
     assert same_tensors(snap, saved) and same_tensors(other, other_saved)
+    # The layers it leaves alone are the target's own tensors: snapshots are never written into.
+    partial = splice(snap, other, [0], align, rotary_emb=m.model.rotary_emb)
+    assert all(partial.keys[i] is snap.keys[i] and partial.values[i] is snap.values[i] for i in range(1, N_LAYERS))
+    assert partial.keys[0] is not snap.keys[0] and partial.values[0] is not snap.values[0]
 
 
 # ---------------------------------------------------------------- layer sets
