@@ -32,13 +32,12 @@ import numpy as np
 from harness.betting import reject_positive_mean
 from harness.errors import HarnessValueError
 from harness.guards import GuardResult
+from harness.report.schema import BETTING_METHOD, SEQUENTIAL_METHOD
 from harness.stats import Decision, Interval, Verdict, _bounds, _finite_threshold, _pct
 
 __all__ = ["BETTING_METHOD", "SEQUENTIAL_METHOD", "RatioData", "linear_bounds", "reject_above", "reject_below",
            "ratio_interval", "decide_ratio", "efficiency_data", "contrast_data", "interaction_data", "kv_set_data", "mean_data"]
 
-BETTING_METHOD = "betting test of a ratio of bounded means"
-SEQUENTIAL_METHOD = "sequential betting test of a ratio of bounded means (anytime-valid)"
 _BISECT_STEPS = 40
 
 

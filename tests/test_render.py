@@ -337,7 +337,7 @@ def test_the_metrics_a_run_recorded_are_the_ones_explained():
 
 
 def test_how_to_read_explains_sequential_cells_only_when_the_run_has_them(tmp_path: Path) -> None:
-    from harness.bounded import BETTING_METHOD, SEQUENTIAL_METHOD
+    from harness.report.schema import BETTING_METHOD, SEQUENTIAL_METHOD
 
     for method, said in ((SEQUENTIAL_METHOD, True), (BETTING_METHOD, False)):
         row, samples = cell("kv-only-fails", "corrected", verdict="refuted")

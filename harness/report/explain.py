@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.report.schema import ClaimRow
+from harness.report.schema import SEQUENTIAL_METHOD, ClaimRow
 
 __all__ = ["how_to_read", "metric_lines"]
 
@@ -105,7 +105,7 @@ def _interval_words(rows: Sequence[ClaimRow]) -> str:
             "columns use a Student t interval on per-pair values, with no such promise. "
             "The price of the guarantee is pairs: few pairs decide only large effects. For inconclusive "
             f"cells the MDE is the interval's half-width. Interval methods in this run: {methods}."
-            f"{_SEQUENTIAL_WORDS if any('anytime-valid' in r.interval_method for r in rows) else ''} Details "
+            f"{_SEQUENTIAL_WORDS if any(r.interval_method == SEQUENTIAL_METHOD for r in rows) else ''} Details "
             "and measured error rates: `docs/statistics.md`.")
 
 

@@ -18,9 +18,15 @@ from typing import Any
 
 from harness.errors import HarnessValueError
 
-__all__ = ["ClaimRow", "SampleRow", "CLAIM_COLUMNS", "SAMPLE_KEYS"]
+__all__ = ["ClaimRow", "SampleRow", "CLAIM_COLUMNS", "SAMPLE_KEYS", "BETTING_METHOD", "SEQUENTIAL_METHOD"]
 
 NAN = math.nan
+
+#: ``interval_method`` of a cell judged by the betting test at the run's pairs (harness/bounded.py).
+BETTING_METHOD = "betting test of a ratio of bounded means"
+#: ``interval_method`` of a cell judged by its sequential form, valid at every number of pairs:
+#: the cells ``--until-decided`` grows, and the ones the report explains as such.
+SEQUENTIAL_METHOD = "sequential betting test of a ratio of bounded means (anytime-valid)"
 
 
 @dataclass(frozen=True)
