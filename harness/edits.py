@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessValueError
-from harness.patch_rows import PHASES, _differs
+from harness.patch_rows import PHASES, PhaseTally
 from harness.patches import PATCHABLE, HookHandle, PositionTracker
 from harness.records import PatchCount
 from harness.sites import Site, parse_site
@@ -139,7 +139,8 @@ class EditHandle(HookHandle):
         self.groups = list(groups)
         self.tracker = tracker
         self.calls = [dict.fromkeys(PHASES, 0) for _ in groups]
-        self._changed: torch.Tensor | None = None  # (groups, 2) on the activation's device
+        self.changed = [dict.fromkeys(PHASES, 0) for _ in groups]
+        self._tally: PhaseTally | None = None  # this batch shape's counts, on the activation's device
         self._handle: Any = None
         self._layout: tuple | None = None
 
@@ -160,17 +161,24 @@ class EditHandle(HookHandle):
             if vectors.shape[-1] != d:
                 raise HarnessValueError(f"{self.spec.label}: vectors of size {vectors.shape[-1]} for an "
                                         f"activation of size {d}")
+            self._flush()
+            self._tally = PhaseTally(group, len(self.groups), x.device)
             self._layout = (key, group.to(x.device), pad.to(x.device), prompt.to(x.device), vectors)
         return self._layout[1:]
+
+    def _flush(self) -> None:
+        if self._tally is None:
+            return
+        calls, changed = self._tally.read()
+        for i, (call, change) in enumerate(zip(calls, changed)):
+            for k, phase in enumerate(PHASES):
+                self.calls[i][phase] += call[k]
+                self.changed[i][phase] += change[k]
 
     def _edit(self, x: torch.Tensor) -> torch.Tensor:
         """The edited copy of the hooked activation x, shape (batch, T, d)."""
         group, pad, prompt, vectors = self._rows(x)
         start, T = self.tracker.start, x.shape[1]
-        for i, g in enumerate(self.groups):  # calls per phase from host integers: no device sync
-            first, last = start - g.pad, start + T - 1 - g.pad
-            self.calls[i]["prefill"] += int(last >= 0 and first < g.prompt_len)
-            self.calls[i]["decode"] += int(last >= g.prompt_len)
         ingroup = group >= 0
         g = group.clamp(min=0)
         pos = start + torch.arange(T, device=x.device)[None, :] - pad[:, None]  # (B, T) row positions
@@ -189,17 +197,13 @@ class EditHandle(HookHandle):
         else:
             target = row_vec.to(x.dtype).expand_as(x)
         new = torch.where(sel[..., None], target, x)
-        diff = _differs(x, new).sum(-1)  # (B, T) values changed per row and position
-        by_phase = torch.stack([(diff * (pos < P)).sum(1), (diff * (pos >= P)).sum(1)], dim=1)  # (B, 2)
-        if self._changed is None or self._changed.device != x.device:
-            self._changed = torch.zeros(len(self.groups), 2, dtype=torch.long, device=x.device)
-        self._changed.index_add_(0, g, by_phase * ingroup[:, None])
+        self._tally.add(x, new, pos, P)
         return new
 
     def group_counts(self, index: int) -> tuple[PatchCount, ...]:
-        changed = [0, 0] if self._changed is None else self._changed[index].tolist()
-        return tuple(PatchCount(self.spec.label, self.resolved.layer, p, self.calls[index][p], int(changed[k]))
-                     for k, p in enumerate(PHASES))
+        self._flush()
+        return tuple(PatchCount(self.spec.label, self.resolved.layer, p, self.calls[index][p], self.changed[index][p])
+                     for p in PHASES)
 
     @property
     def counts(self) -> tuple[PatchCount, ...]:

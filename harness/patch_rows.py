@@ -21,7 +21,7 @@ from harness.errors import HarnessValueError
 if TYPE_CHECKING:  # typing only: patches imports this module
     from harness.patches import PatchSpec
 
-__all__ = ["RowGroup", "PHASES"]
+__all__ = ["RowGroup", "PHASES", "PhaseTally"]
 
 PHASES = ("prefill", "decode")
 
@@ -114,12 +114,14 @@ class _Packed:
         self.group, self.pad, self.prompt = group.to(device), pad.to(device), prompt.to(device)
         self.window = torch.stack([g.prompt[g.S - W:g.S] for g in groups]).to(device, x.dtype)  # (G, W, d)
         self.decode = torch.stack([g.decode_row for g in groups]).to(device, x.dtype)  # (G, d)
-        self.changed = torch.zeros(len(groups), 2, dtype=torch.long, device=device)  # prefill, decode
+        self.tally = PhaseTally(group, len(groups), device)
 
     def fits(self, x: torch.Tensor) -> bool:
         return (x.shape[0], x.device, x.dtype) == (self.batch, self.device, self.dtype)
 
-    def edit(self, x: torch.Tensor, start: int) -> torch.Tensor:
+    def edit(self, x: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """``start``: the first cache slot of this call, a host integer or a 0-d tensor on the
+        device (a static cache's length: read without a host round trip)."""
         W, T = self.spec.window, x.shape[1]
         ingroup = self.group >= 0
         g = self.group.clamp(min=0)
@@ -138,17 +140,48 @@ class _Packed:
             if "decode" in self.spec.phases:
                 sel = ingroup[:, None] & (pos >= P)
                 new = torch.where(sel[..., None], self.decode[g][:, None, :], new)
-        diff = _differs(x, new).sum(-1)  # (B, T) values changed per row and position
-        by_phase = torch.stack([(diff * (pos < P)).sum(1), (diff * (pos >= P)).sum(1)], dim=1)  # (B, 2)
-        self.changed.index_add_(0, g, by_phase * ingroup[:, None])
+        self.tally.add(x, new, pos, P)
         return new
 
     def flush_into(self, groups: Sequence[_Group]) -> None:
-        counts = self.changed.tolist()
+        calls, changed = self.tally.read()
+        for g, call, change in zip(groups, calls, changed):
+            for k, phase in enumerate(PHASES):
+                g.calls[phase] += call[k]
+                g.changed[phase] += change[k]
+
+
+class PhaseTally:
+    """Per row group and phase, the calls that reached it and the values a hook changed, kept
+    on the activation's device and read out on demand: no host round trip per call.
+
+    ``group`` maps each batch row to its group (-1: none). A call reaches a group's phase when
+    one of its positions is in it (prefill: 0 <= pos < P; decode: pos >= P); the rows of a
+    group share their positions, so its first row stands for it.
+    """
+
+    def __init__(self, group: torch.Tensor, n_groups: int, device: torch.device) -> None:
+        first = [int((group == i).nonzero()[0]) for i in range(n_groups)]
+        self.group = group.to(device)
+        self.first = torch.tensor(first, dtype=torch.long, device=device)
+        self.calls = torch.zeros(n_groups, 2, dtype=torch.long, device=device)
+        self.changed = torch.zeros(n_groups, 2, dtype=torch.long, device=device)
+
+    def add(self, old: torch.Tensor, new: torch.Tensor, pos: torch.Tensor, P: torch.Tensor) -> None:
+        """One call: ``pos`` (B, T) each row's positions, ``P`` (B, 1) its prompt length."""
+        reached = torch.stack([((pos >= 0) & (pos < P)).any(1), (pos >= P).any(1)], dim=1)  # (B, 2)
+        self.calls += reached[self.first].long()
+        ingroup = self.group >= 0
+        diff = _differs(old, new).sum(-1)  # (B, T) values changed per row and position
+        by_phase = torch.stack([(diff * (pos < P)).sum(1), (diff * (pos >= P)).sum(1)], dim=1)  # (B, 2)
+        self.changed.index_add_(0, self.group.clamp(min=0), by_phase * ingroup[:, None])
+
+    def read(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Calls and changed values per group and phase since the last read (then zeroed)."""
+        calls, changed = self.calls.tolist(), self.changed.tolist()
+        self.calls.zero_()
         self.changed.zero_()
-        for g, (pre, dec) in zip(groups, counts):
-            g.changed["prefill"] += pre
-            g.changed["decode"] += dec
+        return calls, changed
 
 
 def _differs(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

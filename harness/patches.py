@@ -118,7 +118,8 @@ def source_site(spec: PatchSpec) -> Site:
 
 
 class PositionTracker:
-    """Records the cache slots ``[start, start + T)`` of the current forward call."""
+    """Records the cache slots ``[start, start + T)`` of the current forward call: ``start`` a host
+    integer, or a 0-d tensor on the device where the cache keeps its length there (static)."""
 
     def __init__(self, model: Any, stack: Any = None) -> None:
         # The decoder stack (model.model, transformer, gpt_neox): called with ids and cache. A
@@ -133,7 +134,10 @@ class PositionTracker:
         if ids is None:
             ids = kwargs["inputs_embeds"]
         cache = cache_from_kwargs(kwargs)
-        self.start = int(cache.get_seq_length()) if cache is not None else 0
+        seen = cache.get_seq_length() if cache is not None else 0
+        # A static cache counts its length in a tensor on the device, which its layers advance in
+        # place: a copy of it, so the patches compute positions without a host round trip.
+        self.start = seen.clone() if isinstance(seen, torch.Tensor) else int(seen)
         self.length = int(ids.shape[1])
 
     def __enter__(self) -> PositionTracker:
@@ -221,16 +225,11 @@ class PatchHandle(HookHandle):
     # -- the edit -------------------------------------------------------------
     def _edit(self, x: torch.Tensor) -> torch.Tensor:
         """Return the patched copy of the hooked tensor x, shape (batch, T, d)."""
-        start, length = self.tracker.start, x.shape[1]
         if self._packable:
             if self._packed is None or not self._packed.fits(x):
                 self._flush()
                 self._packed = _Packed(self.spec, self.groups, x)
-            for g in self.groups:  # calls per phase follow from host integers: no sync
-                first, last = start - g.g.pad, start + length - 1 - g.g.pad
-                g.calls["prefill"] += int(last >= 0 and first < g.g.prompt_len)
-                g.calls["decode"] += int(last >= g.g.prompt_len)
-            return self._packed.edit(x, start)
+            return self._packed.edit(x, self.tracker.start)
         new = x.clone()
         for g in self.groups:
             rows = g.g.rows
@@ -240,7 +239,8 @@ class PatchHandle(HookHandle):
     def _edit_group(self, g: _Group, x: torch.Tensor) -> torch.Tensor:
         """One group at a time: for per-row and step-aligned sources (tests, small runs)."""
         window, P, S = self.spec.window, g.g.prompt_len, g.S
-        positions = torch.arange(self.tracker.start, self.tracker.start + x.shape[1]) - g.g.pad
+        start = int(self.tracker.start)  # this path reads positions on the host
+        positions = torch.arange(start, start + x.shape[1]) - g.g.pad
         real = positions >= 0
         if bool((real & (positions < P)).any()):
             g.calls["prefill"] += 1

@@ -18,7 +18,7 @@ import functools
 
 import pytest
 import torch
-from tiny import tiny_gpt2, tiny_neox, tiny_phi3, tiny_subject
+from tiny import HostReads, tiny_gpt2, tiny_mistral, tiny_neox, tiny_phi3, tiny_subject
 
 from harness.edits import EditSpec, prompt_mean, steering_vector
 from harness.errors import HarnessValueError
@@ -186,3 +186,34 @@ def test_bad_edit_fields_are_refused_in_one_line(bad, match):
 def test_an_edit_of_a_kv_site_is_refused():
     with pytest.raises(HarnessValueError, match="cannot be edited"):
         EditSpec("kv@3", "steer")
+
+
+def test_an_edit_reads_nothing_back_from_a_start_on_the_device():
+    """Under a static cache the tracker's start is a tensor on the device: the edit and its
+    counts are computed from it without reading a value back to the host."""
+    from types import SimpleNamespace
+
+    from harness.edits import EditGroup, EditHandle
+    from harness.sites import layout_for
+
+    model, _ = tiny_mistral()
+    gen = torch.Generator().manual_seed(1)
+    d = model.config.hidden_size
+    groups = [EditGroup(slice(0, 2), 1, 4, torch.randn(d, generator=gen)),
+              EditGroup(slice(2, 3), 0, 5, torch.randn(d, generator=gen))]
+    spec = EditSpec("resid_post@1", "steer", coefficient=2.0)
+    x = torch.randn(3, 2, d, generator=gen)
+    on_device, on_host = (EditHandle(layout_for(model), spec, groups, SimpleNamespace(start=0)) for _ in range(2))
+    on_device._edit(x)  # the first call lays the groups out on the device (host work, once per batch shape)
+    on_host._edit(x)
+    for start in range(2, 8, 2):
+        on_device.tracker.start, on_host.tracker.start = torch.tensor(start), start
+        with HostReads() as reads:
+            out = on_device._edit(x)
+        assert reads.count == 0
+        torch.testing.assert_close(out, on_host._edit(x), rtol=0, atol=0)
+    assert on_device.counts == on_host.counts
+    by_phase = {c.phase: c for c in on_device.counts}
+    # by hand: group 0 (pad 1, prompt 4) and group 1 (pad 0, prompt 5) over starts 0, 2, 4, 6
+    assert (by_phase["prefill"].calls, by_phase["decode"].calls) == (3 + 3, 2 + 2)
+    assert by_phase["prefill"].changed > 0 and by_phase["decode"].changed > 0

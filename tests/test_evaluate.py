@@ -206,7 +206,13 @@ def test_an_rv_difference_is_late_over_early_pr_of_the_champion_minus_the_baseli
         return profile[27] / profile[5]
 
     expected = np.mean([rv(p.champion) - rv(p.baseline) for p in pairs])
-    assert row.estimate == pytest.approx(expected, rel=1e-9)
+    # float32 activations from two differently padded passes: equal to float32's rounding, which
+    # the CPU's kernels may spend differently (late and early swapped, or the prompts, move it by far more)
+    assert row.estimate == pytest.approx(expected, rel=1e-5)
+    swapped = np.mean([evaluator.geometry.pr_profile(p.champion)[5] / evaluator.geometry.pr_profile(p.champion)[27]
+                       - evaluator.geometry.pr_profile(p.baseline)[5] / evaluator.geometry.pr_profile(p.baseline)[27]
+                       for p in pairs])
+    assert row.estimate != pytest.approx(swapped, rel=1e-3)
 
 
 def test_the_geometry_floor_applies_to_the_size_of_the_gap_not_its_sign():

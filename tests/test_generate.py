@@ -277,6 +277,39 @@ def test_static_cache_decoding_matches_on_other_layouts(family):
         assert [r.tokens for r in static] == [r.tokens for r in eager], protocol.name
 
 
+@_NEEDS_TF5
+def test_under_a_static_cache_patched_decoding_reads_back_per_step_only_what_generate_does():
+    """A static cache keeps its length on the device; the position tracker and the patch take it
+    from there. Host reads per decoding step (the reads at 8 tokens minus those at 4, over 4)
+    of an arm with a splice and a persistent patch equal those of the library's bare
+    ``generate`` on a static cache: the harness adds none per step (its own reads, laying the
+    patch's row groups out, happen once per call)."""
+    from tiny import HostReads
+
+    from harness.compat import STATIC_GENERATE_KWARGS, static_cache
+
+    subject = load_subject()
+    pairs = spread(default_pairs(), 3)
+    seeds = {p.id: p.seeds(2) for p in pairs}
+    arm = Intervention("kv+v_proj@27", kv_layers="all", patches=("v_proj@27",))
+    ids = torch.tensor([[1] + [5] * 9] * 6)
+
+    def reads(tokens: int) -> tuple[int, int]:
+        runner = Runner(subject, decoding="static")
+        runner.run_many(pairs, arm, short(CORRECTED, 1), seeds)  # clean caches and sources: not counted
+        with HostReads() as harness:
+            runner.run_many(pairs, arm, short(CORRECTED, tokens), seeds)
+        with torch.no_grad(), HostReads() as bare:
+            subject.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                   max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=3, eos_token_id=None,
+                                   cache=static_cache(subject.layout.n_layers, 10 + tokens), **STATIC_GENERATE_KWARGS)
+        return harness.count, bare.count
+
+    (harness_4, bare_4), (harness_8, bare_8) = reads(4), reads(8)
+    assert bare_8 > bare_4  # the count sees the library's own per-step read
+    assert (harness_8 - harness_4) == (bare_8 - bare_4)
+
+
 def test_an_unknown_decoding_is_refused_naming_the_choices():
     from harness.errors import HarnessValueError
 

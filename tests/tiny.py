@@ -271,3 +271,28 @@ def family_builder(name: str) -> Any:
 
     build.__name__ = f"tiny_{name}"
     return build
+
+
+class HostReads:
+    """Counts the tensor values read back to the host inside a ``with`` block (``.item()``,
+    ``int()``, ``bool()`` of a tensor: each is one ``aten._local_scalar_dense``), the round trips
+    that make a GPU wait and that a captured or compiled step cannot hold."""
+
+    def __enter__(self) -> "HostReads":
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    outer.count += 1
+                return func(*args, **(kwargs or {}))
+
+        self.count = 0
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)
