@@ -7,8 +7,8 @@
 - The loading argument for the weights dtype: ``torch_dtype=`` (4.x) or ``dtype=`` (5.x).
 - A config's rope settings: ``rope_scaling`` (4.x, ``type`` or ``rope_type``) or
   ``rope_parameters`` (5.x, possibly one dict per layer type).
-- A static (preallocated) cache for decoding: 5.x only (4.x's static layers find their
-  length by counting non-zero slots, which left padding makes wrong).
+- A static (preallocated) cache for decoding, and its compiled decoding step: 5.x only (4.x's
+  static layers find their length by counting non-zero slots, which left padding makes wrong).
 
 Nothing else in the harness checks the library's version.
 """
@@ -22,7 +22,7 @@ from typing import Any
 from harness.errors import HarnessValueError
 
 __all__ = ["cache_kwarg", "output_cache", "cache_from_kwargs", "cache_layers", "new_cache", "dtype_kwarg",
-           "transformers_major", "rope_settings", "static_cache", "STATIC_GENERATE_KWARGS"]
+           "transformers_major", "rope_settings", "static_cache", "STATIC_GENERATE_KWARGS", "compiled_generate_kwargs"]
 
 
 def transformers_major() -> int:
@@ -67,6 +67,19 @@ def static_cache(n_layers: int, max_len: int, keys: Any = (), values: Any = ()) 
 #: ``generate`` arguments that keep a static cache's decoding eager (the library would compile
 #: it on a GPU by itself, hooks and all): compilation is the caller's explicit choice.
 STATIC_GENERATE_KWARGS = {"disable_compile": True}
+
+
+def compiled_generate_kwargs(device_type: str) -> dict[str, Any]:
+    """``generate`` arguments that compile the decoding step over a static cache, hooks included
+    (the prefill stays eager): captured CUDA graphs on a GPU (``reduce-overhead``), inductor's
+    default elsewhere, where the library would not compile by itself. Graphs are built at the
+    first call of each shape; the library marks a length dynamic once a second one is seen."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    config = CompileConfig(fullgraph=False, dynamic=None,
+                           mode="reduce-overhead" if device_type == "cuda" else "default")
+    config._compile_all_devices = device_type != "cuda"
+    return {"compile_config": config}
 
 
 @functools.lru_cache(maxsize=None)

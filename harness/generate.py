@@ -51,13 +51,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import StoppingCriteriaList
 
 from harness import progress
-from harness.compat import STATIC_GENERATE_KWARGS, static_cache
+from harness.decoding import DECODINGS, check_decoding, decode
 from harness.edits import EditGroup, EditSpec, edit_specs, install_edits
 from harness.errors import HarnessLookupError, HarnessValueError
-from harness.kv import cache_kwarg, changed_values, check_rope_switch, prefill, splice, stack_left_padded, unpad
+from harness.kv import changed_values, check_rope_switch, prefill, splice, stack_left_padded, unpad
 from harness.model import input_device
 from harness.patches import PatchCount, PatchSpec, RowGroup, install, source_site
 from harness.prompt_data import PromptData
@@ -67,9 +66,6 @@ from harness.scoring import Prepared as _Prepared
 from harness.scoring import Scoring
 from harness.sites import parse_site
 from harness.sources import PatchSources
-
-#: How the decoding loop keeps its cache (see :class:`Runner`).
-DECODINGS = ("dynamic", "static")
 
 __all__ = ["SeededSampler", "Runner", "DECODINGS",
            # re-exported records, for code that imports them from here
@@ -84,11 +80,9 @@ class Runner(PromptData, PatchSources, Scoring):
     """
 
     def __init__(self, subject: Any, max_batch: int | None = None, decoding: str = "dynamic") -> None:
-        if decoding not in DECODINGS:
-            raise HarnessValueError(f"decoding {decoding!r}; expected one of {', '.join(DECODINGS)}")
+        check_decoding(decoding)
         self.subject = subject
-        #: "dynamic" (the reference: a cache that grows each step) or "static" (preallocated
-        #: to the call's length: fixed tensor addresses, what a compiled or captured step needs)
+        #: "dynamic" (the reference), "static" or "compiled": see :mod:`harness.decoding`
         self.decoding = decoding
         self.model = subject.model
         self.layout = subject.layout
@@ -370,34 +364,11 @@ class Runner(PromptData, PatchSources, Scoring):
 
     def _generate(self, input_ids: torch.Tensor, mask: torch.Tensor, snap: Any, protocol: Protocol,
                   seeds: tuple[int, ...], top_k: int | None) -> torch.Tensor:
-        """The generated ids (rows, gen_tokens), one row per seed, padded after EOS."""
-        pad = self.tokenizer.pad_token_id
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "max_new_tokens": protocol.gen_tokens,
-            "min_new_tokens": 0 if protocol.stop_at_eos else protocol.gen_tokens,
-            "do_sample": False,
-            "num_beams": 1,
-            "pad_token_id": pad if pad is not None else self.tokenizer.eos_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id if protocol.stop_at_eos else None,
-        }
-        if self.decoding == "static":
-            keys, values = (snap.keys, snap.values) if snap is not None else ((), ())
-            kwargs[cache_kwarg(self.model)] = static_cache(self.layout.n_layers, input_ids.shape[1] + protocol.gen_tokens,
-                                                           keys, values)
-            kwargs.update(STATIC_GENERATE_KWARGS)
-        elif snap is not None:
-            kwargs[cache_kwarg(self.model)] = snap.to_cache()
-        if not protocol.greedy:
-            kwargs["logits_processor"] = [SeededSampler(seeds, protocol.temperature, top_k, protocol.gen_tokens)]
-        # Counts decoding steps for the progress line; never stops generation, no device sync.
-        kwargs["stopping_criteria"] = StoppingCriteriaList([progress.token_ticker()])
+        """The generated ids (rows, gen_tokens), one row per seed (:func:`harness.decoding.decode`)."""
         self.calls += 1
         self.rows += len(seeds)
-        with torch.no_grad():
-            out = self.model.generate(**kwargs)
-        return out[:, input_ids.shape[1]:]
+        return decode(self.model, self.tokenizer, self.layout.n_layers, self.decoding, input_ids, mask, snap,
+                      protocol, seeds, top_k)
 
     def _until_eos(self, raw: torch.Tensor, protocol: Protocol) -> list[list[int]]:
         rows = raw.tolist()
