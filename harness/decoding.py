@@ -27,13 +27,12 @@ from harness import progress
 from harness.compat import STATIC_GENERATE_KWARGS, compiled_generate_kwargs, static_cache
 from harness.errors import HarnessValueError
 from harness.kv import cache_kwarg
+from harness.preflight import DECODINGS
 from harness.records import Protocol
 from harness.sampling import SeededSampler
 
 __all__ = ["DECODINGS", "check_decoding", "decode"]
 
-#: How the decoding loop keeps its cache, and whether its step is compiled.
-DECODINGS = ("dynamic", "static", "compiled")
 
 
 def check_decoding(decoding: str) -> None:

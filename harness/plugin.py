@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessError
-from harness.preflight import PROFILES
+from harness.preflight import DECODINGS, PROFILES
 from harness.session import HarnessSession, _is_worker, extends
 
 
@@ -70,6 +70,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--until-decided", type=int, default=None, metavar="N",
                     help="add pairs of the bank in batches to each undecided cell until it is decided or "
                          "has N pairs; verdicts then come from the sequential (anytime-valid) betting test")
+    group.addoption("--decoding", default="dynamic", choices=DECODINGS,
+                    help="dynamic: the reference cache, grown each step; static: preallocated (transformers 5; "
+                         "faster on the toy); compiled: static with the decoding step compiled, CUDA graphs "
+                         "on a GPU. A row may differ in a near-tie's rounding; recorded in the report "
+                         "(default: dynamic)")
     group.addoption("--allow-long", action="store_true", default=False,
                     help="allow --gen-tokens above 1024 (every arm, pair and seed pays for it)")
     parser.addini("harness_progress_after", type="string", default="",
@@ -104,7 +109,7 @@ def read_options(config: pytest.Config) -> Any:
         trust_remote_code=opt("trust_remote_code"), allow_long=opt("allow_long"),
         max_batch=_positive(config, "max_batch"), seed_offset=_offset(config),
         report_fresh=opt("report_fresh"), report_dir_named=bool(report_dir), ledger_strict=opt("ledger_strict"),
-        until_decided=_positive(config, "until_decided"),
+        until_decided=_positive(config, "until_decided"), decoding=opt("decoding"),
     )
 
 

@@ -26,6 +26,9 @@ PROFILES = {
     "full": (None, 16, 200),
 }
 
+#: How decoding keeps its cache, and whether its step is compiled (see harness/decoding.py).
+DECODINGS = ("dynamic", "static", "compiled")
+
 __all__ = ["RunOptions", "preflight", "check_named", "check_memory", "MAX_GEN_TOKENS"]
 
 #: Longer generations need --allow-long: 5000 tokens on a real model is hours, not minutes.
@@ -57,6 +60,7 @@ class RunOptions:
     ledger_strict: bool = False  # settings without ledger entries: fail verdicts other than supported
     seed_offset: int = 0
     until_decided: int | None = None  # add pairs to an undecided cell up to this many (sequential test)
+    decoding: str = "dynamic"  # one of DECODINGS
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -70,6 +74,7 @@ def preflight(options: RunOptions) -> None:
     report folder, then the prompts measured in the subject's own tokens.
     """
     check_device_available(options.device)
+    _check_decoding(options)
     if options.gen_tokens > MAX_GEN_TOKENS and not options.allow_long:
         raise PreflightError(
             f"--gen-tokens {options.gen_tokens}: expected at most {MAX_GEN_TOKENS} tokens per "
@@ -81,6 +86,27 @@ def preflight(options: RunOptions) -> None:
         _check_report_dir(options.report_dir)
     _check_prompt_lengths(options)
     check_memory(options)
+
+
+def _check_decoding(options: RunOptions) -> None:
+    """A static or compiled decoding needs transformers 5, and a compiled one on the CPU a C++
+    compiler (inductor builds the step with it): refused here, before any weights load."""
+    import shutil
+
+    from harness.compat import transformers_major
+
+    name = options.decoding
+    if name not in DECODINGS:
+        raise PreflightError(f"--decoding {name!r}; expected one of {', '.join(DECODINGS)}")
+    if name != "dynamic" and transformers_major() < 5:
+        import transformers
+
+        raise PreflightError(f"--decoding {name} needs transformers 5 (installed: {transformers.__version__}); "
+                             "use --decoding dynamic, or upgrade transformers")
+    if name == "compiled" and not options.device.startswith("cuda") and not any(
+            shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise PreflightError(f"--decoding compiled on {options.device!r} needs a C++ compiler (inductor builds the "
+                             "decoding step with it) and none is on PATH; install one (g++), or use --decoding static")
 
 
 def check_named(options: RunOptions, ledger: str | None, pairs: int | None) -> None:

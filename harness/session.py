@@ -128,7 +128,8 @@ class HarnessSession:
             from harness.generate import Runner
 
             if self._runner is None:
-                self._runner = Runner(self.subject(), max_batch=self.options.max_batch)
+                self._runner = Runner(self.subject(), max_batch=self.options.max_batch,
+                                      decoding=self.options.decoding)
             self._evaluators[finding.name] = Evaluator(self._runner, finding=finding,
                                                       seed_offset=self.options.seed_offset,
                                                       sequential=self.options.until_decided is not None)
@@ -227,6 +228,7 @@ class HarnessSession:
             "torch": torch.__version__, "transformers": transformers.__version__,
             "pairs": len(self.pairs(finding)), "pair_ids": [p.id for p in self.pairs(finding)],
             "seeds_per_pair": o.seeds, "seed_offset": o.seed_offset, "gen_tokens": o.gen_tokens,
+            "decoding": o.decoding,
             "prompts": str(_shown_path(str(self.bank(finding))) if self.bank(finding) else "bundled toy bank"),
             "profile": o.profile, "settings": self.settings(finding), "family_size": self.finding_family(finding),
             "finding": (finding.name if finding else "generic"),

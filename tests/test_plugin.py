@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import transformers
 from tiny import CLAIM_FILE, OPT_IN, SMALL, opt_in
 
 pytest_plugins = ["pytester"]
@@ -368,3 +369,27 @@ def test_a_negative_seed_offset_is_a_usage_error(pytester):
     result = pytester.runpytest("--seed-offset", "-1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--seed-offset -1: expected a whole number >= 0*"])
+
+
+@pytest.mark.skipif(not transformers.__version__.startswith("5"), reason="static decoding needs transformers 5")
+def test_a_static_decoding_run_records_it_and_samples_what_the_dynamic_reference_does(pytester, tmp_path,
+                                                                                        monkeypatch):
+    """--decoding reaches the runner (its generate calls get a static cache; the report says which)
+    and, on the toy in float32, a static cache samples the same texts as the default dynamic one."""
+    from harness import decoding as module
+
+    made = []
+    real = module.static_cache
+    monkeypatch.setattr(module, "static_cache", lambda *a, **k: made.append(a) or real(*a, **k))
+    _claims(pytester)
+    texts = {}
+    for decoding in ("dynamic", "static"):
+        report = tmp_path / decoding
+        before = len(made)
+        pytester.runpytest(*SMALL, "--decoding", decoding, "--report-dir", str(report))
+        assert (len(made) > before) is (decoding == "static")
+        summary = json.loads((report / "summary.json").read_text())
+        assert summary["provenance"]["decoding"] == decoding
+        rows = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()]
+        texts[decoding] = {(r["protocol"], r["pair"], r["arm"], r["seed"]): r["text"] for r in rows}
+    assert texts["static"] == texts["dynamic"] and len(texts["static"]) > 0

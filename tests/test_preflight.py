@@ -238,3 +238,19 @@ def test_a_hub_id_without_a_reachable_hub_is_refused_at_once(monkeypatch):
                                              r"hub \(127\.0\.0\.1:9\) cannot be reached"):
         _tokenizer_and_config.__wrapped__("nobody/no-such-model", False)
     assert time.monotonic() - started < 10  # not the hub client's retries
+
+
+def test_a_static_or_compiled_decoding_on_transformers_4_is_refused(pytester, loads, monkeypatch):
+    from harness import compat
+
+    monkeypatch.setattr(compat, "transformers_major", lambda: 4)
+    for decoding in ("static", "compiled"):
+        refused(pytester, loads, "--decoding", decoding,
+                match=f"--decoding {decoding} needs transformers 5 (installed: *); use --decoding dynamic*")
+
+
+@pytest.mark.skipif(not transformers.__version__.startswith("5"), reason="the compiler check comes after the version's")
+def test_a_compiled_decoding_on_the_cpu_without_a_compiler_is_refused(pytester, loads, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+    refused(pytester, loads, "--decoding", "compiled",
+            match="--decoding compiled on 'cpu' needs a C++ compiler (inductor builds the decoding step with it)*")
