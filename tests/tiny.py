@@ -227,7 +227,10 @@ SMALL = ("-p", "no:cacheprovider", "--pairs", "2", "--seeds", "2", "--gen-tokens
 _HEAD_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
 FAMILY_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
-    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM", dict(layer_types=_HEAD_TYPES, sliding_window=4096)),
+    # linear scaling reaches only the full-attention layers (sliding ones keep the default rope), so
+    # a layer given the other type's rotary module moves its keys wrongly, under both library lines
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM", dict(layer_types=_HEAD_TYPES, sliding_window=4096,
+                                                       rope_scaling={"rope_type": "linear", "factor": 4.0})),
     "granite": ("GraniteConfig", "GraniteForCausalLM",
                 dict(embedding_multiplier=6.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0)),
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2)),
