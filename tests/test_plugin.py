@@ -381,7 +381,9 @@ def test_a_static_decoding_run_records_it_and_samples_what_the_dynamic_reference
     made = []
     real = module.static_cache
     monkeypatch.setattr(module, "static_cache", lambda *a, **k: made.append(a) or real(*a, **k))
-    _claims(pytester)
+    # in this process (the count above sees its calls): a module name no other test file has
+    (pytester.path / "claims").mkdir(exist_ok=True)
+    (pytester.path / "claims" / "test_decoding_run.py").write_text(CLAIM_FILE)
     texts = {}
     for decoding in ("dynamic", "static"):
         report = tmp_path / decoding
