@@ -10,8 +10,8 @@ and their ratios:
   (no splice, no patch, no seeded sampler): the floor the harness is measured against.
 
 It also checks that the batched rows equal the one-at-a-time rows token for token, and sets
-the harness's decoding step time (the median time between its one-token forward calls, so
-sampler and patches included) against the bandwidth bound: every weight and the whole KV
+the harness's decoding step time (the median time between successive decoding steps, timed
+from the harness's stopping criterion, so forward, sampler and patches included) against the bandwidth bound: every weight and the whole KV
 cache read once per step, over the device's memory bandwidth (``--bandwidth-gbs``; nominal
 figures for known GPUs, a rough guess on the CPU, labelled as such).
 ``--random-config mistral-7b`` builds a random-weight Mistral-7B-shaped model on the
@@ -27,9 +27,11 @@ from typing import Any
 
 import torch
 
+from harness import progress
 from harness.cli import one_line_errors
 from harness.errors import HarnessValueError
 from harness.generate import CORRECTED, DECODINGS, Runner
+from harness.progress import Progress
 from harness.prompts import default_pairs, spread
 from harness.records import Intervention
 
@@ -75,28 +77,45 @@ def bytes_per_step(model: Any, rows: int, cached: float) -> tuple[int, float]:
     return weights, 2 * cfg.num_hidden_layers * heads * head_dim * size * rows * cached
 
 
-class StepTimer:
-    """Times between successive one-token forward calls of the whole model (decoding steps)."""
+class StepTimer(Progress):
+    """Times between successive decoding steps of the harness's generate calls.
 
-    def __init__(self, model: Any) -> None:
-        self.model, self.starts, self._handle = model, [], None
+    It is the engine's progress hook (:mod:`harness.progress`), told after every step by the
+    harness's stopping criterion: outside the model's forward, so a compiled step is timed
+    without a hook inside it. Each step is synchronised on a GPU before it is timed.
+    """
 
-    def _pre(self, module: Any, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None and ids.shape[1] == 1:
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self._previous: Progress | None = None
+
+    def advance(self, rows: int = 0, tokens: int = 0) -> None:
+        if tokens:  # one call per decoding step (rows advance once per chunk)
             _sync()
             self.starts.append(time.perf_counter())
 
     def __enter__(self) -> StepTimer:
-        self._handle = self.model.register_forward_pre_hook(self._pre, with_kwargs=True)
+        self._previous = progress.install(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._handle.remove()
+        progress.install(self._previous)
 
     def median(self) -> float:
         gaps = sorted(b - a for a, b in zip(self.starts, self.starts[1:]))
         return gaps[len(gaps) // 2] if gaps else math.nan
+
+
+def compile_report(device: str, graph_breaks: int, cudagraph_skips: int) -> str:
+    """One line on how the compiled decoding ran: graph breaks while compiling (a hook's host
+    read would show here) and, on a GPU, whether the step ran as captured CUDA graphs."""
+    breaks = f"{graph_breaks} graph break(s) while compiling"
+    if not device.startswith("cuda"):
+        return f"compiled step: {breaks}; no CUDA graphs on {device}"
+    if cudagraph_skips:
+        return (f"compiled step: {breaks}; CUDA graphs skipped {cudagraph_skips} time(s): the step ran "
+                "compiled but not captured (the reasons are in the warnings above)")
+    return f"compiled step: {breaks}; captured as CUDA graphs"
 
 
 def _random_subject(device: str, dtype: str) -> Any:
@@ -184,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     t_single, one = (math.nan, None) if args.skip_single else _timed(
         lambda: [single.run(p, ARM, protocol, seeds[p.id]) for p in pairs])
     batched = Runner(subject, decoding=args.decoding)
-    with StepTimer(subject.model) as steps:
+    with StepTimer() as steps:
         t_batched, many = _timed(lambda: batched.run_many(pairs, ARM, protocol, seeds))
     t_bare, _ = _timed(lambda: _bare(batched, pairs, args.seeds, args.tokens))
     rows = len(pairs) * args.seeds
@@ -205,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decoding step ({args.decoding}): {step * 1e3:.2f} ms measured (median); bandwidth bound "
           f"{bound * 1e3:.4g} ms = ({weights / 1e9:.4g} GB weights + {kv / 1e9:.4g} GB KV cache) / "
           f"{bandwidth:g} GB/s ({where}); the step runs at {bound / step:.1%} of the bound")
+    if args.decoding == "compiled":
+        from torch._dynamo.utils import counters
+
+        print(compile_report(args.device, sum(counters["graph_break"].values()),
+                             counters["inductor"].get("cudagraph_skips", 0)))
     if torch.cuda.is_available():
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0 if same else 1

@@ -41,3 +41,12 @@ def test_the_bench_sets_the_measured_step_against_the_bound_it_states(capsys):
     assert gbs == 25 and step > 0
     assert bound == pytest.approx((weights + kv) / gbs * 1e3, rel=2e-3)  # ms, as printed (4 digits)
     assert share == pytest.approx(100 * bound / step, rel=0.05, abs=0.2)
+
+
+def test_the_compile_report_says_whether_the_step_was_captured_and_counts_graph_breaks():
+    from harness.bench import compile_report
+
+    assert compile_report("cpu", 0, 0) == "compiled step: 0 graph break(s) while compiling; no CUDA graphs on cpu"
+    assert compile_report("cuda", 2, 0) == "compiled step: 2 graph break(s) while compiling; captured as CUDA graphs"
+    skipped = compile_report("cuda:1", 0, 3)
+    assert "CUDA graphs skipped 3 time(s)" in skipped and "not captured" in skipped
