@@ -11,9 +11,10 @@ and their ratios:
 
 It also checks that the batched rows equal the one-at-a-time rows token for token, and sets
 the harness's decoding step time (the median time between successive decoding steps, timed
-from the harness's stopping criterion, so forward, sampler and patches included) against the bandwidth bound: every weight and the whole KV
-cache read once per step, over the device's memory bandwidth (``--bandwidth-gbs``; nominal
-figures for known GPUs, a rough guess on the CPU, labelled as such).
+from the harness's stopping criterion, so forward, sampler and patches included) against the
+bandwidth bound: every weight and the whole KV cache read once per step, over the device's
+memory bandwidth (``--bandwidth-gbs``; nominal figures for known GPUs, a rough guess on the
+CPU, labelled as such).
 ``--random-config mistral-7b`` builds a random-weight Mistral-7B-shaped model on the
 device (no download) to time the real size on a GPU. It is a measurement, not a test.
 """

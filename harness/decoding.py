@@ -34,7 +34,6 @@ from harness.sampling import SeededSampler
 __all__ = ["DECODINGS", "check_decoding", "decode"]
 
 
-
 def check_decoding(decoding: str) -> None:
     if decoding not in DECODINGS:
         raise HarnessValueError(f"decoding {decoding!r}; expected one of {', '.join(DECODINGS)}")

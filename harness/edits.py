@@ -167,13 +167,8 @@ class EditHandle(HookHandle):
         return self._layout[1:]
 
     def _flush(self) -> None:
-        if self._tally is None:
-            return
-        calls, changed = self._tally.read()
-        for i, (call, change) in enumerate(zip(calls, changed)):
-            for k, phase in enumerate(PHASES):
-                self.calls[i][phase] += call[k]
-                self.changed[i][phase] += change[k]
+        if self._tally is not None:
+            self._tally.drain_into(self.calls, self.changed)
 
     def _edit(self, x: torch.Tensor) -> torch.Tensor:
         """The edited copy of the hooked activation x, shape (batch, T, d)."""

@@ -144,11 +144,7 @@ class _Packed:
         return new
 
     def flush_into(self, groups: Sequence[_Group]) -> None:
-        calls, changed = self.tally.read()
-        for g, call, change in zip(groups, calls, changed):
-            for k, phase in enumerate(PHASES):
-                g.calls[phase] += call[k]
-                g.changed[phase] += change[k]
+        self.tally.drain_into([g.calls for g in groups], [g.changed for g in groups])
 
 
 class PhaseTally:
@@ -162,7 +158,9 @@ class PhaseTally:
 
     def __init__(self, group: torch.Tensor, n_groups: int, device: torch.device) -> None:
         first = [int((group == i).nonzero()[0]) for i in range(n_groups)]
-        self.group = group.to(device)
+        # Per row, laid out once: the group index (rows outside any group add to group 0 times 0).
+        self.index = group.clamp(min=0).to(device)
+        self.ingroup = (group >= 0).to(device)[:, None]
         self.first = torch.tensor(first, dtype=torch.long, device=device)
         self.calls = torch.zeros(n_groups, 2, dtype=torch.long, device=device)
         self.changed = torch.zeros(n_groups, 2, dtype=torch.long, device=device)
@@ -171,17 +169,18 @@ class PhaseTally:
         """One call: ``pos`` (B, T) each row's positions, ``P`` (B, 1) its prompt length."""
         reached = torch.stack([((pos >= 0) & (pos < P)).any(1), (pos >= P).any(1)], dim=1)  # (B, 2)
         self.calls += reached[self.first].long()
-        ingroup = self.group >= 0
         diff = _differs(old, new).sum(-1)  # (B, T) values changed per row and position
         by_phase = torch.stack([(diff * (pos < P)).sum(1), (diff * (pos >= P)).sum(1)], dim=1)  # (B, 2)
-        self.changed.index_add_(0, self.group.clamp(min=0), by_phase * ingroup[:, None])
+        self.changed.index_add_(0, self.index, by_phase * self.ingroup)
 
-    def read(self) -> tuple[list[list[int]], list[list[int]]]:
-        """Calls and changed values per group and phase since the last read (then zeroed)."""
-        calls, changed = self.calls.tolist(), self.changed.tolist()
-        self.calls.zero_()
-        self.changed.zero_()
-        return calls, changed
+    def drain_into(self, calls: Sequence[dict[str, int]], changed: Sequence[dict[str, int]]) -> None:
+        """Add the calls and changed values since the last drain to each group's counts by phase
+        (``calls[i]``, ``changed[i]``: group i's), then start again from zero."""
+        for counts, tally in ((calls, self.calls), (changed, self.changed)):
+            for by_phase, row in zip(counts, tally.tolist()):
+                for phase, value in zip(PHASES, row):
+                    by_phase[phase] += value
+            tally.zero_()
 
 
 def _differs(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

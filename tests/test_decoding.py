@@ -57,18 +57,18 @@ def test_static_cache_decoding_matches_on_other_layouts(family):
 
 
 @_NEEDS_TF5
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
                     reason="inductor compiles the CPU step with a C++ compiler; none is installed")
 def test_compiled_decoding_gives_the_tokens_and_counts_of_the_eager_reference():
     """float32 on the toy: the decoding step compiled (inductor on the CPU; CUDA graphs on a GPU)
     with the relay's two persistent patches inside it, after a KV splice into the static cache,
     decodes exactly what the eager dynamic cache decodes, under both protocols, with the same
     patch counts."""
+    from torch._dynamo.utils import counters
+
     subject = load_subject()
     pairs = spread(default_pairs(), 3)
     seeds = {p.id: p.seeds(2) for p in pairs}
-    from torch._dynamo.utils import counters
-
     for protocol in (short(CORRECTED, 6), short(ORIGINAL, 6)):
         eager = Runner(subject).run_many(pairs, RELAY, protocol, seeds)
         breaks = sum(counters["graph_break"].values())
