@@ -18,7 +18,7 @@ import functools
 
 import pytest
 import torch
-from tiny import HostReads, tiny_gpt2, tiny_mistral, tiny_neox, tiny_phi3, tiny_subject
+from tiny import HostReads, changed_by_group, tiny_gpt2, tiny_mistral, tiny_neox, tiny_phi3, tiny_subject
 
 from harness.edits import EditSpec, prompt_mean, steering_vector
 from harness.errors import HarnessValueError
@@ -200,20 +200,26 @@ def test_an_edit_reads_nothing_back_from_a_start_on_the_device():
     gen = torch.Generator().manual_seed(1)
     d = model.config.hidden_size
     groups = [EditGroup(slice(0, 2), 1, 4, torch.randn(d, generator=gen)),
-              EditGroup(slice(2, 3), 0, 5, torch.randn(d, generator=gen))]
+              EditGroup(slice(2, 3), 0, 7, torch.randn(d, generator=gen))]  # the groups' phases differ
     spec = EditSpec("resid_post@1", "steer", coefficient=2.0)
     x = torch.randn(3, 2, d, generator=gen)
     on_device, on_host = (EditHandle(layout_for(model), spec, groups, SimpleNamespace(start=0)) for _ in range(2))
     on_device._edit(x)  # the first call lays the groups out on the device (host work, once per batch shape)
-    on_host._edit(x)
+    changed = changed_by_group(x, on_host._edit(x), 0, groups)
     for start in range(2, 8, 2):
         on_device.tracker.start, on_host.tracker.start = torch.tensor(start), start
         with HostReads() as reads:
             out = on_device._edit(x)
         assert reads.count == 0
         torch.testing.assert_close(out, on_host._edit(x), rtol=0, atol=0)
-    assert on_device.counts == on_host.counts
-    by_phase = {c.phase: c for c in on_device.counts}
-    # by hand: group 0 (pad 1, prompt 4) and group 1 (pad 0, prompt 5) over starts 0, 2, 4, 6
-    assert (by_phase["prefill"].calls, by_phase["decode"].calls) == (3 + 3, 2 + 2)
-    assert by_phase["prefill"].changed > 0 and by_phase["decode"].changed > 0
+        for total, by_hand in zip(changed, changed_by_group(x, out, start, groups)):
+            for phase, n in by_hand.items():
+                total[phase] += n
+    assert [on_device.group_counts(i) for i in range(2)] == [on_host.group_counts(i) for i in range(2)]
+    # by hand, over starts 0, 2, 4, 6 of 2 positions: group 0 (pad 1, prompt 4) reaches the
+    # prefill 3 times and decoding 2 times; group 1 (pad 0, prompt 7) 4 and 1 times
+    for i, expected in enumerate([(3, 2), (4, 1)]):
+        prefill, decode = on_device.group_counts(i)
+        assert (prefill.calls, decode.calls) == expected
+        assert (prefill.changed, decode.changed) == (changed[i]["prefill"], changed[i]["decode"])
+        assert prefill.changed > 0 and decode.changed > 0

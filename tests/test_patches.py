@@ -11,7 +11,7 @@ from harness.errors import HarnessValueError
 from harness.kv import cache_kwarg, output_cache
 from harness.patches import PatchSpec, install, norm_matched_random, record, source_site
 from harness.sites import Site, layout_for
-from tiny import HostReads, random_prompt, tiny_gpt2, tiny_llama_gqa, tiny_mistral, tiny_neox, tiny_phi3
+from tiny import HostReads, changed_by_group, random_prompt, tiny_gpt2, tiny_llama_gqa, tiny_mistral, tiny_neox, tiny_phi3
 
 MODEL, CONFIG = tiny_mistral()
 LAYOUT = layout_for(MODEL)
@@ -237,19 +237,23 @@ def test_the_batched_patch_reads_nothing_back_from_a_start_on_the_device():
     gen = torch.Generator().manual_seed(0)
     spec = PatchSpec("v_proj@27", window=2)
     groups = [RowGroup(slice(0, 2), 1, 4, torch.randn(5, 8, generator=gen)),
-              RowGroup(slice(2, 3), 0, 5, torch.randn(6, 8, generator=gen))]
+              RowGroup(slice(2, 3), 0, 7, torch.randn(6, 8, generator=gen))]  # the groups' phases differ
     x = torch.randn(3, 2, 8, generator=gen)
     on_device, on_host = ([_Group(spec, g) for g in groups] for _ in range(2))
     packed, reference = _Packed(spec, on_device, x), _Packed(spec, on_host, x)
     starts = range(0, 8, 2)  # prompt slots, the prompt's end, decoding slots
+    changed = [{"prefill": 0, "decode": 0} for _ in groups]
     for start in starts:
         device_start = torch.tensor(start)
         with HostReads() as reads:
             out = packed.edit(x, device_start)
         assert reads.count == 0
         torch.testing.assert_close(out, reference.edit(x, start), rtol=0, atol=0)
+        for total, by_hand in zip(changed, changed_by_group(x, out, start, groups)):
+            for phase, n in by_hand.items():
+                total[phase] += n
     packed.flush_into(on_device)
     reference.flush_into(on_host)
-    for g, ref, group in zip(on_device, on_host, groups):
+    for g, ref, group, expected in zip(on_device, on_host, groups, changed):
         assert g.calls == ref.calls == _calls_by_hand(group.pad, group.prompt_len, starts, x.shape[1])
-        assert g.changed == ref.changed and g.changed["prefill"] > 0 and g.changed["decode"] > 0
+        assert g.changed == ref.changed == expected and g.changed["prefill"] > 0 and g.changed["decode"] > 0

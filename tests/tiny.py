@@ -299,3 +299,19 @@ class HostReads:
 
     def __exit__(self, *exc: object) -> None:
         self._mode.__exit__(*exc)
+
+
+def changed_by_group(x: torch.Tensor, out: torch.Tensor, start: int, groups: Any) -> list[dict[str, int]]:
+    """Values a hook changed in one call, per row group and phase, recomputed from its input ``x``
+    and output ``out`` (batch, T, d): ``groups`` have ``rows``, ``pad`` and ``prompt_len``; an
+    element counts when it moved beyond float32 rounding (1e-4), as the hooks count."""
+    moved = ~torch.isclose(out, x, rtol=1e-4, atol=1e-4)
+    counts = []
+    for g in groups:
+        by_phase = {"prefill": 0, "decode": 0}
+        for row in range(x.shape[0])[g.rows]:
+            for t in range(x.shape[1]):
+                phase = "prefill" if start + t - g.pad < g.prompt_len else "decode"
+                by_phase[phase] += int(moved[row, t].sum())
+        counts.append(by_phase)
+    return counts
